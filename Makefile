@@ -1,0 +1,34 @@
+# distill-study: `make test` and `make study` work from a fresh clone (they create .venv first).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install test test-all test-slow lint study clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+test: $(STAMP)  ## the default suite (what CI runs first)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-slow: $(STAMP)  ## the slow tests only
+	$(BIN)/python -m pytest -q -m slow || [ $$? -eq 5 ]  # 5: no slow tests selected
+
+test-all: $(STAMP)  ## everything
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+study: $(STAMP)  ## the quickstart study: KD alpha x temperature on MNIST-5k
+	$(BIN)/distill-study run quickstart
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,33 @@
+"""distill_core: the knowledge-distillation trainer library (pure PyTorch, no Ray/Optuna/MLflow)."""
+
+from __future__ import annotations
+
+from distill_core.config import Config, load_config, make_config
+from distill_core.data import DATASETS, Splits, load_data
+from distill_core.errors import ConfigError, DataError, TeacherError, UserError
+from distill_core.methods import METHODS, Method
+from distill_core.models import MODELS, build_model
+from distill_core.teachers import TeacherStore, required_teachers
+from distill_core.trainer import EpochReport, FitResult, fit
+
+__all__ = [
+    "DATASETS",
+    "METHODS",
+    "MODELS",
+    "Config",
+    "ConfigError",
+    "DataError",
+    "EpochReport",
+    "FitResult",
+    "Method",
+    "Splits",
+    "TeacherError",
+    "TeacherStore",
+    "UserError",
+    "build_model",
+    "fit",
+    "load_config",
+    "load_data",
+    "make_config",
+    "required_teachers",
+]

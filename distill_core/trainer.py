@@ -1,0 +1,217 @@
+"""The training loop. Read this file first.
+
+``fit(config)`` loads the data, gets the teacher from the store (if the method uses one), builds
+the method's networks, then for each epoch: train on batches, evaluate on the validation split,
+report to ``on_epoch``. Test metrics are computed once, at the end, and never used for selection.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from distill_core.config import Config
+from distill_core.data import Splits, batches, load_data
+from distill_core.init import interpolate_, reestimate_bn
+from distill_core.methods import METHODS, Method
+from distill_core.metrics import classification_metrics
+from distill_core.schedules import build_optimizer, build_schedule
+from distill_core.teachers import TeacherStore
+
+CHANCE_MARGIN = 0.02  # val accuracy within 2 points of chance counts as a crash
+CRASH_WARMUP = 0.1  # ... once the first 10% of epochs are done
+
+
+@dataclass
+class EpochReport:
+    """What ``on_epoch`` receives after each epoch (epochs count from 1)."""
+
+    epoch: int
+    metrics: dict[str, float]
+    state: Callable[[], dict[str, Any]]  # full training state, for ``fit(resume_from=...)``
+
+
+@dataclass
+class FitResult:
+    status: str  # completed | crashed (at chance at the end) | diverged (non-finite loss)
+    history: list[dict[str, float]] = field(default_factory=list)
+    final: dict[str, float] = field(default_factory=dict)  # last epoch's val metrics plus test_*
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"status": self.status, "final": self.final, "epochs": len(self.history)}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Logits of ``model`` in eval mode over ``x``, in batches, as float32."""
+    was_training = model.training
+    model.eval()
+    out = torch.cat([model(x[i : i + batch_size]).float() for i in range(0, len(x), batch_size)])
+    model.train(was_training)
+    return out
+
+
+def fit(
+    cfg: Config,
+    *,
+    on_epoch: Callable[[EpochReport], None] | None = None,
+    resume_from: dict[str, Any] | None = None,
+    data: Splits | None = None,
+    log: Callable[[str], None] | None = None,
+) -> FitResult:
+    """Train one run of ``cfg`` and return its history, final metrics and status.
+
+    Args:
+        cfg: a validated config.
+        on_epoch: called after every epoch with the metrics and a function returning the training state.
+        resume_from: a state from ``EpochReport.state()``; training continues after its epoch.
+        data: pre-loaded splits (shared by trials); loaded from ``cfg.data`` when absent.
+        log: where teacher training and other notes are printed (default: nowhere).
+    """
+    device = resolve_device(cfg.run.device)
+    data = (data or load_data(cfg.data)).to(device)
+    teacher = None
+    if cfg.uses_teacher:  # may train the teacher first, so seed only afterwards
+        teacher = TeacherStore(cfg.run.teacher_store).teacher_for(cfg, data, device, log=log)
+
+    torch.manual_seed(cfg.run.seed)
+    generator = torch.Generator().manual_seed(cfg.run.seed)
+    method: Method = METHODS.get(cfg.method.name)(cfg, data, device, teacher)
+    if cfg.init.interp_lambda is not None:
+        assert teacher is not None
+        interpolate_(method.nets[0], teacher, cfg.init.interp_lambda)
+        bn_batches = [x for x, _ in batches(data.train_x, data.train_y, cfg.run.batch_size, generator=generator)]
+        reestimate_bn(method.nets[0], bn_batches[: cfg.init.bn_batches])
+
+    steps_per_epoch = math.ceil(len(data.train_y) / cfg.run.batch_size)
+    optimizers = [build_optimizer(net.parameters(), cfg.optim) for net in method.nets]
+    schedules = [build_schedule(o, cfg.schedule, epochs=cfg.run.epochs, steps_per_epoch=steps_per_epoch) for o in optimizers]
+    per_step = schedules[0][1]
+
+    teacher_logits = {}
+    if teacher is not None:
+        teacher_logits = {split: predict(teacher, getattr(data, f"{split}_x"), cfg.run.eval_batch_size) for split in ("val", "test")}
+
+    history: list[dict[str, float]] = []
+    start_epoch, crashed_epochs = 0, 0
+    if resume_from is not None:
+        method.load_state_dict(resume_from["method"])
+        for o, s in zip(optimizers, resume_from["optimizers"], strict=True):
+            o.load_state_dict(s)
+        for (sch, _), s in zip(schedules, resume_from["schedules"], strict=True):
+            sch.load_state_dict(s)
+        generator.set_state(resume_from["generator"])
+        torch.set_rng_state(resume_from["torch_rng"])
+        history = list(resume_from["history"])
+        start_epoch, crashed_epochs = resume_from["epoch"], resume_from["crashed_epochs"]
+
+    def state(epoch: int) -> dict[str, Any]:
+        return {
+            "epoch": epoch,
+            "method": method.state_dict(),
+            "optimizers": [o.state_dict() for o in optimizers],
+            "schedules": [s.state_dict() for s, _ in schedules],
+            "generator": generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "history": list(history),
+            "crashed_epochs": crashed_epochs,
+        }
+
+    amp = cfg.run.amp and device.type == "cuda"
+    for epoch in range(start_epoch, cfg.run.epochs):
+        t0 = time.perf_counter()
+        lr = optimizers[0].param_groups[0]["lr"]
+        method.train()
+        losses = []
+        for x, y in batches(data.train_x, data.train_y, cfg.run.batch_size, generator=generator, augment=data.augment):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                losses.append(method.train_step(x, y, epoch, optimizers))
+            if per_step:
+                for s, _ in schedules:
+                    s.step()
+        if not per_step:
+            for s, _ in schedules:
+                s.step()
+        train_loss = sum(losses) / len(losses)
+        if not math.isfinite(train_loss):
+            history.append({"epoch": epoch + 1, "train_loss": train_loss})
+            return FitResult("diverged", history, {"train_loss": train_loss})
+
+        metrics: dict[str, float] = {"train_loss": train_loss, "lr": lr}
+        metrics.update(evaluate(method, data, "val", teacher_logits.get("val"), cfg.run.eval_batch_size))
+        if teacher is not None and "val_acc" in metrics:
+            metrics["diff_t_s"] = metrics["teacher_val_acc"] - metrics["val_acc"]
+        flags = crash_flags(metrics, data.num_classes) if epoch + 1 > CRASH_WARMUP * cfg.run.epochs else {}
+        crashed = any(flags.values())
+        crashed_epochs += crashed
+        metrics.update({f"{name}crashed": float(flag) for name, flag in flags.items() if name})
+        metrics.update(crashed=float(crashed), crashed_epochs=float(crashed_epochs), epoch_time=time.perf_counter() - t0)
+        history.append({"epoch": epoch + 1, **metrics})
+        if on_epoch is not None:
+            on_epoch(EpochReport(epoch + 1, metrics, lambda e=epoch + 1: state(e)))
+
+    final = dict(history[-1])
+    final.pop("epoch")
+    final.update(evaluate(method, data, "test", teacher_logits.get("test"), cfg.run.eval_batch_size, pick=final))
+    return FitResult("crashed" if final.get("crashed") else "completed", history, final)
+
+
+def evaluate(
+    method: Method,
+    data: Splits,
+    split: str,
+    teacher_logits: torch.Tensor | None,
+    batch_size: int,
+    pick: dict[str, float] | None = None,
+) -> dict[str, float]:
+    """Metrics of every evaluated model on ``split``; unprefixed names belong to the best model.
+
+    With several models (peers), ``{peer}_{split}_acc`` etc. are reported for each, plus the
+    mean and std of accuracy, and ``{split}_*`` are those of the peer with the best *validation*
+    accuracy (``pick`` carries the validation metrics when ``split`` is test).
+    """
+    x, y = getattr(data, f"{split}_x"), getattr(data, f"{split}_y")
+    if len(y) == 0:
+        return {}
+    out: dict[str, float] = {}
+    if teacher_logits is not None:
+        out[f"teacher_{split}_acc"] = (teacher_logits.argmax(1) == y).float().mean().item()
+    models = method.eval_models()
+    per_model = {
+        name: classification_metrics(predict(model, x, batch_size), y, teacher_logits, prefix=f"{split}_")
+        for name, model in models.items()
+    }
+    if list(per_model) == [""]:
+        return out | per_model[""]
+    for name, metrics in per_model.items():
+        out.update({f"{name}_{k}": v for k, v in metrics.items()})
+    accs = torch.tensor([m[f"{split}_acc"] for m in per_model.values()])
+    out[f"{split}_acc_mean"] = accs.mean().item()
+    out[f"{split}_acc_std"] = accs.std().item() if len(accs) > 1 else 0.0
+    if pick is None:
+        best = max(per_model, key=lambda n: per_model[n][f"{split}_acc"])
+    else:
+        best = max(per_model, key=lambda n: pick.get(f"{n}_val_acc", 0.0))
+    out.update(per_model[best])
+    return out
+
+
+def crash_flags(metrics: dict[str, float], num_classes: int) -> dict[str, bool]:
+    """Per evaluated model (``""`` or ``"peerN_"``): is its val accuracy within CHANCE_MARGIN of chance?"""
+    return {
+        key.removesuffix("val_acc"): abs(value - 1.0 / num_classes) <= CHANCE_MARGIN
+        for key, value in metrics.items()
+        if key == "val_acc" or (key.startswith("peer") and key.endswith("_val_acc"))
+    }

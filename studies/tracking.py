@@ -1,0 +1,127 @@
+"""MLflow tracking conventions (DESIGN.md, Tracking). distill_core never imports this.
+
+Default store: ``./runs/mlflow.db`` (SQLite, absolute URI) with artifacts in ``./runs/artifacts``.
+One experiment per study (or ``train`` for single runs), tagged as a machine-learning experiment so
+that MLflow's UI opens on the runs table; params are the flattened resolved config; metrics are
+logged per epoch with ``step=epoch``; the resolved config is the ``config.yaml`` artifact.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from mlflow.entities import Metric, Param, RunStatus
+from mlflow.tracking import MlflowClient
+
+from distill_core import Config, UserError
+
+DEFAULT_STORE = Path("runs")
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+MAX_PARAM_LENGTH = 6000
+
+
+def default_tracking_uri(store: str | Path = DEFAULT_STORE) -> str:
+    """``sqlite:////abs/path/runs/mlflow.db`` for a store folder (created if missing)."""
+    root = Path(store).expanduser().resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{root / 'mlflow.db'}"
+
+
+def resolve_tracking_uri(uri: str | None, store: str | Path = DEFAULT_STORE) -> str:
+    """A plain folder or ``None`` becomes the SQLite store in that folder; URIs pass through."""
+    if uri is None:
+        return default_tracking_uri(store)
+    if "://" in uri or uri.startswith("sqlite:"):
+        return uri
+    return default_tracking_uri(uri)
+
+
+def artifact_root(tracking_uri: str) -> str | None:
+    """Artifacts beside a local SQLite store (``runs/artifacts``); a server chooses its own."""
+    if tracking_uri.startswith("sqlite:///"):
+        return (Path(tracking_uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri()
+    return None
+
+
+def get_or_create_experiment(client: MlflowClient, name: str, tags: dict[str, str] | None = None) -> str:
+    """The id of experiment ``name``, created (as a machine-learning experiment) if missing."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    root = artifact_root(client.tracking_uri)
+    location = f"{root}/{name}" if root else None
+    return client.create_experiment(name, artifact_location=location, tags={**EXPERIMENT_KIND, **(tags or {})})
+
+
+def config_params(cfg: Config) -> list[Param]:
+    """The flattened resolved config as MLflow params."""
+    return [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in sorted(cfg.flat().items())]
+
+
+def epoch_metrics(metrics: dict[str, float], step: int) -> list[Metric]:
+    """Finite metrics of one epoch as MLflow metrics at ``step=epoch`` (non-finite ones are dropped)."""
+    now = int(time.time() * 1000)
+    return [Metric(k, float(v), now, step) for k, v in metrics.items() if math.isfinite(float(v))]
+
+
+class RunLogger:
+    """Logs one training run to MLflow; a callback for ``distill_core.fit``."""
+
+    def __init__(self, client: MlflowClient, run_id: str) -> None:
+        self.client = client
+        self.run_id = run_id
+
+    @classmethod
+    def start(
+        cls,
+        client: MlflowClient,
+        experiment_id: str,
+        cfg: Config,
+        *,
+        run_name: str | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> RunLogger:
+        base = {"method": cfg.method.name, "seed": str(cfg.run.seed), "status": "running"}
+        run = client.create_run(experiment_id, tags={**base, **(tags or {})}, run_name=run_name)
+        logger = cls(client, run.info.run_id)
+        params = config_params(cfg)
+        for i in range(0, len(params), 100):
+            client.log_batch(logger.run_id, params=params[i : i + 100])
+        client.log_text(logger.run_id, cfg.to_yaml(), "config.yaml")
+        return logger
+
+    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        self.client.log_batch(self.run_id, metrics=epoch_metrics(metrics, epoch))
+
+    def finish(self, status: str, final: dict[str, float] | None = None, step: int | None = None) -> None:
+        """Log test metrics (those not logged per epoch) and the status tag, then end the run."""
+        if final:
+            once = {k: v for k, v in final.items() if k.startswith(("test_", "teacher_test_"))}
+            self.client.log_batch(self.run_id, metrics=epoch_metrics(once, step or 0))
+        self.client.set_tag(self.run_id, "status", status)
+        ok = status in ("completed", "crashed", "early-stopped")
+        self.client.set_terminated(self.run_id, RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED))
+
+
+def open_client(uri: str | None, store: str | Path = DEFAULT_STORE) -> MlflowClient:
+    """An ``MlflowClient`` for ``uri`` (default: the local SQLite store), checked to answer.
+
+    Raises:
+        UserError: the tracking server cannot be reached.
+    """
+    resolved = resolve_tracking_uri(uri, store)
+    if resolved.startswith(("http://", "https://")):
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    client = MlflowClient(resolved)
+    try:
+        client.search_experiments(max_results=1)
+    except Exception as exc:  # MLflow raises several types for an unreachable or broken store
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"cannot reach the MLflow tracking store at {resolved} ({first}); start it "
+            "(mlflow server --host 127.0.0.1 --port 5000) or pass a reachable --tracking-uri"
+        ) from None
+    return client

@@ -36,11 +36,11 @@ class DataConfig(Section):
 
 
 class OptimConfig(Section):
-    name: Literal["sgd", "adam", "adamw"] = "sgd"
-    lr: float = Field(0.05, gt=0.0, le=10.0)
-    momentum: float = Field(0.9, ge=0.0, lt=1.0)
-    nesterov: bool = False
-    weight_decay: float = Field(5e-4, ge=0.0, lt=1.0)
+    name: Literal["sgd", "adam", "adamw"] = Field("sgd", description="optimizer")
+    lr: float = Field(0.05, gt=0.0, le=10.0, description="learning rate (base lr of every schedule)")
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="sgd momentum")
+    nesterov: bool = Field(False, description="sgd: Nesterov momentum")
+    weight_decay: float = Field(5e-4, ge=0.0, lt=1.0, description="L2 (sgd, adam) or decoupled (adamw) weight decay")
 
     @model_validator(mode="after")
     def _nesterov_needs_momentum(self) -> OptimConfig:
@@ -50,11 +50,13 @@ class OptimConfig(Section):
 
 
 class ScheduleConfig(Section):
-    name: Literal["constant", "step", "cosine", "onecycle", "linear"] = "cosine"
+    name: Literal["constant", "step", "cosine", "onecycle", "linear"] = Field(
+        "cosine", description="lr schedule; onecycle steps per batch, the others per epoch"
+    )
     max_lr: float | None = Field(None, gt=0.0, le=10.0, description="one-cycle peak lr (default: optim.lr)")
     pct_start: float = Field(0.3, gt=0.0, lt=1.0, description="one-cycle: share of training spent rising to max_lr")
     milestones: list[int] = Field(default_factory=list, description="step: epochs at which lr is multiplied by gamma")
-    gamma: float = Field(0.1, gt=0.0, le=1.0)
+    gamma: float = Field(0.1, gt=0.0, le=1.0, description="step: lr factor at each milestone")
     warmup_epochs: int = Field(0, ge=0, description="cosine/linear: epochs of linear warm-up")
 
 
@@ -64,11 +66,11 @@ class ModelConfig(Section):
 
 class TeacherConfig(Section):
     model: str = Field("resnet20", description="teacher architecture (used by kd, eskd, takd and init.interp_lambda)")
-    epochs: int = Field(5, ge=1, le=10_000)
+    epochs: int = Field(5, ge=1, le=10_000, description="epochs the teacher is trained for")
     epoch: int | None = Field(None, ge=1, description="which saved checkpoint to distil from (default: the last)")
     save_epochs: list[int] | None = Field(None, description="epochs to keep checkpoints of (default: every epoch)")
     seed: int = Field(0, ge=0, description="teacher's own seed, so that student seeds share one teacher")
-    batch_size: int = Field(128, ge=1)
+    batch_size: int = Field(128, ge=1, description="teacher training batch size")
     optim: OptimConfig = Field(default_factory=OptimConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
 
@@ -119,10 +121,10 @@ class MethodConfig(Section):
 
 class DKELConfig(Section):
     beta: float = Field(0.1, ge=0.0, le=100.0, description="decay rate of the teacher-ensemble weight w(e) = exp(-beta*e)")
-    decay: Literal["exp", "cos", "linear"] = "exp"
+    decay: Literal["exp", "cos", "linear"] = Field("exp", description="shape of the ensemble-weight decay over epochs")
     ema_decay: float = Field(0.5, ge=0.0, lt=1.0, description="EMA teacher update: t = d*t + (1-d)*s (pcl and dkel)")
     init_steps: int = Field(1, ge=0, le=10_000, description="dkel: CE steps taken by each EMA teacher after copying its student")
-    init_lr: float = Field(0.01, gt=0.0, le=10.0)
+    init_lr: float = Field(0.01, gt=0.0, le=10.0, description="dkel: learning rate of those CE steps")
 
 
 class InitConfig(Section):
@@ -131,10 +133,10 @@ class InitConfig(Section):
 
 
 class RunConfig(Section):
-    epochs: int = Field(5, ge=1, le=10_000)
-    batch_size: int = Field(128, ge=1)
-    eval_batch_size: int = Field(1024, ge=1)
-    seed: int = Field(0, ge=0)
+    epochs: int = Field(5, ge=1, le=10_000, description="training epochs of the student (or peers)")
+    batch_size: int = Field(128, ge=1, description="training batch size")
+    eval_batch_size: int = Field(1024, ge=1, description="batch size for evaluation")
+    seed: int = Field(0, ge=0, description="seed of initialisation, batch order and augmentation")
     device: str = Field("auto", description="auto (cuda if available), cpu, cuda, cuda:N")
     amp: bool = Field(False, description="bfloat16 autocast on CUDA")
     teacher_store: str = Field("runs/teachers", description="folder of the teacher checkpoint store")
@@ -339,3 +341,40 @@ def _span(epochs: list[int]) -> str:
     if len(epochs) > 6 and epochs == list(range(epochs[0], epochs[-1] + 1)):
         return f"{epochs[0]}..{epochs[-1]}"
     return ", ".join(map(str, epochs))
+
+
+def reference() -> list[tuple[str, str, str, str]]:
+    """Every config key as ``(dotted key, default, allowed values, description)``, in order."""
+    rows: list[tuple[str, str, str, str]] = []
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            key = f"{prefix}{name}"
+            annotation = field.annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                walk(annotation, key + ".")
+                continue
+            default = field.get_default(call_default_factory=True)
+            args = getattr(annotation, "__args__", ())
+            allowed = " \\| ".join(map(str, args)) if getattr(annotation, "__origin__", None) is Literal else ""
+            if not allowed:
+                allowed = _bounds(key.split("."))
+            rows.append((key, json.dumps(default), allowed, field.description or ""))
+
+    walk(Config, "")
+    return rows
+
+
+def reference_markdown() -> str:
+    """The config reference as a Markdown table (docs/config.md is generated from it)."""
+    lines = [
+        "# Config reference",
+        "",
+        "Generated by `distill-study config --markdown`; every key can be set in YAML or with",
+        "`--set key=value`. Unknown keys and out-of-range values are rejected with the fix.",
+        "",
+        "| key | default | allowed | meaning |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| `{k}` | `{d}` | {a} | {m} |" for k, d, a, m in reference()]
+    return "\n".join(lines) + "\n"

@@ -32,6 +32,7 @@ def main() -> None:
 
     \b
     train    one run from a YAML config (no Ray)
+    config   the default config and the reference of every key
     methods  the registered training methods
     teachers the teacher checkpoint store
     """
@@ -114,6 +115,28 @@ def train(
         say(line)
     if as_json:
         click.echo(json.dumps({**result.to_dict(), "mlflow_run_id": logger.run_id if logger else None}))
+
+
+@main.command("config")
+@click.option("--markdown", is_flag=True, help="Print the config reference as a Markdown table instead.")
+def config_cmd(markdown: bool) -> None:
+    """Print the default config as YAML (a starting point for --config), or the reference table."""
+    from distill_core.config import reference, reference_markdown
+
+    if markdown:
+        click.echo(reference_markdown(), nl=False)
+        return
+    notes = {key: meaning for key, _, _, meaning in reference()}
+    section = ""
+    for line in Config().to_yaml().splitlines():
+        if not line.startswith(" "):
+            section = line.rstrip(":")
+            click.echo(line)
+            continue
+        key = line.strip().split(":")[0]
+        dotted = f"{section}.{key}"
+        note = notes.get(dotted, "")
+        click.echo(f"{line}  # {note}" if note else line)
 
 
 @main.command()

@@ -159,11 +159,11 @@ def _synthetic(cfg: DataConfig) -> Arrays:
     return _holdout(x, y.astype(np.int64))
 
 
-def _require(root: Path, files: list[str], name: str, how: str) -> Path:
+def _require(root: Path, files: list[str], name: str, how: str, gzipped_ok: bool = False) -> Path:
     if not root.is_dir():
         raise DataError(f"{name}: data directory {root} does not exist; {how}")
     for f in files:
-        if not (root / f).is_file() and not (root / (f + ".gz")).is_file():
+        if not (root / f).is_file() and not (gzipped_ok and (root / (f + ".gz")).is_file()):
             raise DataError(f"{name}: missing {root / f}; {how}")
     return root
 
@@ -189,7 +189,7 @@ def _fashion_mnist(cfg: DataConfig) -> Arrays:
     """Fashion-MNIST from ``DIR/FashionMNIST/raw/*-ubyte`` (torchvision.datasets.FashionMNIST's layout)."""
     files = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
     how = "fetch it once with torchvision.datasets.FashionMNIST(root=DIR, download=True) and pass --data-dir DIR"
-    raw = _require(_data_dir(cfg) / "FashionMNIST" / "raw", files, "fashion_mnist", how)
+    raw = _require(_data_dir(cfg) / "FashionMNIST" / "raw", files, "fashion_mnist", how, gzipped_ok=True)
     arrays = [_read_idx(raw / f) for f in files]
     tx, ty, vx, vy = arrays
     return (

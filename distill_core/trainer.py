@@ -58,7 +58,7 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
     """Logits of ``model`` in eval mode over ``x``, in batches, as float32."""
     was_training = model.training
     model.eval()
-    out = torch.cat([model(x[i : i + batch_size]).float() for i in range(0, len(x), batch_size)])
+    out = torch.cat([model(x[i : i + batch_size]).float() for i in range(0, max(len(x), 1), batch_size)])
     model.train(was_training)
     return out
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from distill_core import METHODS, Config, EpochReport, TeacherStore, UserError, fit, load_config
+from distill_core import METHODS, Config, EpochReport, TeacherStore, UserError, fit, load_config, load_data
 
 
 class Group(click.Group):
@@ -64,6 +64,7 @@ def summary_lines(status: str, final: dict[str, float]) -> list[str]:
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False), help="YAML run config.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Dotted override, e.g. --set method.alpha=0.5 (repeatable).")
 @click.option("--device", default=None, help="cpu, cuda, cuda:N (default: run.device, auto = cuda if available).")
+@click.option("--data-dir", default=None, help="Folder of an on-disk data set (fashion_mnist, cifar10, cifar100): data.dir.")
 @click.option("--tracking-uri", default=None, help="MLflow tracking URI or store folder (default: ./runs/mlflow.db).")
 @click.option("--no-tracking", is_flag=True, help="Do not record the run in MLflow.")
 @click.option("--experiment", default="train", show_default=True, help="MLflow experiment for the run.")
@@ -72,6 +73,7 @@ def train(
     config_path: str,
     overrides: tuple[str, ...],
     device: str | None,
+    data_dir: str | None,
     tracking_uri: str | None,
     no_tracking: bool,
     experiment: str,
@@ -83,8 +85,10 @@ def train(
     Methods: scratch, kd, eskd, takd, dml, pcl, dkel (see `distill-study methods`).
     Example:  distill-study train --config examples/kd_mnist5k.yaml --set method.alpha=0.5
     """
-    cfg = load_config(config_path, [*overrides, *([f"run.device={device}"] if device else [])])
+    extra = [*([f"run.device={device}"] if device else []), *([f"data.dir={data_dir}"] if data_dir else [])]
+    cfg = load_config(config_path, [*overrides, *extra])
     say = (lambda s: click.echo(s, err=True)) if as_json else click.echo
+    data = load_data(cfg.data)  # a missing data set fails here, before anything is recorded
     logger = None
     if not no_tracking:
         from studies.tracking import RunLogger, get_or_create_experiment, open_client
@@ -99,7 +103,7 @@ def train(
             logger.log_epoch(report.epoch, report.metrics)
 
     try:
-        result = fit(cfg, on_epoch=on_epoch, log=say)
+        result = fit(cfg, on_epoch=on_epoch, data=data, log=say)
     except KeyboardInterrupt:
         if logger is not None:
             logger.finish("interrupted")

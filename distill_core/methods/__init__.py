@@ -23,19 +23,27 @@ class Method:
     #: Whether ``teacher`` must be given (kd, eskd, takd).
     needs_teacher = False
 
-    def __init__(self, cfg: Config, data: Splits, device: torch.device, teacher: nn.Module | None) -> None:
+    def __init__(
+        self, cfg: Config, data: Splits, device: torch.device, teacher: nn.Module | None
+    ) -> None:
         self.cfg = cfg
         self.data = data
         self.device = device
         self.teacher = teacher
-        self.nets: list[nn.Module] = [self.build(cfg.model.name)]
+        self.nets: list[nn.Module] = [self.build(name) for name in self.architectures()]
+
+    def architectures(self) -> list[str]:
+        """One architecture per trainable network (peer methods return one per peer)."""
+        return [self.cfg.model.name]
 
     def build(self, name: str) -> nn.Module:
         """A fresh network of a registered architecture for this data set, on the device."""
         d = self.data
         return build_model(name, d.in_channels, d.num_classes, d.image_size).to(self.device)
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor, epoch: int, optimizers: list[torch.optim.Optimizer]) -> float:
+    def train_step(
+        self, x: torch.Tensor, y: torch.Tensor, epoch: int, optimizers: list[torch.optim.Optimizer]
+    ) -> float:
         """One optimisation step on a batch; returns the loss value. ``epoch`` counts from 0."""
         loss = nn.functional.cross_entropy(self.nets[0](x), y)
         step(optimizers[0], loss)
@@ -68,4 +76,4 @@ METHODS: Registry[type[Method]] = Registry("method", "method.name")
 METHODS.register("scratch")(Method)
 
 # Importing the modules registers their methods.
-from distill_core.methods import kd  # noqa: E402, F401
+from distill_core.methods import dkel, dml, kd, pcl  # noqa: E402, F401

@@ -1,4 +1,4 @@
-"""Offline KD (Hinton; seed 000/001), ESKD (seed 003: stop the KD term early), and TAKD's student stage.
+"""Offline KD (Hinton; seeds 000/001), ESKD (seed 003: stop KD early), and TAKD's student stage.
 
 Loss: ``sum_k w_k * term_k`` with ``w = {ce: 1 - alpha, kl|mse: alpha}`` (``losses.loss_weights``).
 TAKD differs only in where its teacher comes from (the teacher assistant, see ``teachers``).
@@ -14,7 +14,10 @@ from distill_core.methods import METHODS, Method, step
 
 @METHODS.register("kd")
 class KD(Method):
-    """Offline KD from a stored teacher: (1 - alpha) * CE + alpha * KL(p_t^tau || p_s^tau) * tau^2 (or MSE on logits)."""
+    """Offline KD from a stored teacher: (1 - alpha) * CE + alpha * KL(p_t^tau || p_s^tau) * tau^2.
+
+    ``method.loss: mse`` replaces the KL term by the MSE between logits (seed 001).
+    """
 
     needs_teacher = True
 
@@ -22,12 +25,17 @@ class KD(Method):
         """The loss-term weights in ``epoch`` (counted from 0)."""
         return loss_weights(self.cfg.method)
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor, epoch: int, optimizers: list[torch.optim.Optimizer]) -> float:
+    def train_step(
+        self, x: torch.Tensor, y: torch.Tensor, epoch: int, optimizers: list[torch.optim.Optimizer]
+    ) -> float:
         assert self.teacher is not None
-        with torch.no_grad():
-            teacher_logits = self.teacher(x)
+        weights = self.kd_weights(epoch)
+        teacher_logits = None
+        if any(w for name, w in weights.items() if name != "ce"):  # ESKD after its stop: no teacher
+            with torch.no_grad():
+                teacher_logits = self.teacher(x)
         logits = self.nets[0](x)
-        loss = weighted_loss(self.kd_weights(epoch), logits, y, teacher_logits, self.cfg.method.temperature)
+        loss = weighted_loss(weights, logits, y, teacher_logits, self.cfg.method.temperature)
         step(optimizers[0], loss)
         return loss.item()
 

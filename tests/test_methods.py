@@ -1,0 +1,339 @@
+"""Methods: DKEL schedule and init, EMA, DML by hand, ESKD, TAKD, every method end to end."""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from distill_core.config import PEER_METHODS, TEACHER_METHODS, Config, load_config, make_config
+from distill_core.data import Splits, batches, load_data
+from distill_core.errors import ConfigError
+from distill_core.methods import METHODS, Method
+from distill_core.methods.dkel import ensemble_weight
+from distill_core.methods.online import ema_
+from distill_core.teachers import TeacherStore, assistant_spec, teacher_spec
+from distill_core.trainer import EpochReport, fit
+
+CPU = torch.device("cpu")
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def config(store: Path, **overrides: Any) -> Config:
+    """A small digits run (640 training images): cnn_small students, mlp teacher, 2 epochs, CPU."""
+    tree = {
+        "data": {"name": "digits", "subset": 640},
+        "model": {"name": "cnn_small"},
+        "teacher": {"model": "mlp", "epochs": 2},
+        "optim": {"lr": 0.05},
+        "run": {"epochs": 2, "batch_size": 64, "device": "cpu", "teacher_store": str(store)},
+    }
+    return make_config(tree, overrides)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One teacher store for the module, so that each teacher is trained once."""
+    return tmp_path_factory.mktemp("teachers")
+
+
+@pytest.fixture(scope="module")
+def digits() -> Splits:
+    return load_data(config(Path("unused")).data)
+
+
+def build(cfg: Config, data: Splits, teacher: nn.Module | None = None) -> Method:
+    torch.manual_seed(cfg.run.seed)
+    return METHODS.get(cfg.method.name)(cfg, data, CPU, teacher)
+
+
+def sgd(method: Method, lr: float) -> list[torch.optim.Optimizer]:
+    return [torch.optim.SGD(net.parameters(), lr=lr) for net in method.nets]
+
+
+# --- DKEL: decaying ensemble weight, EMA, decoupled init ------------------------------------
+
+
+def test_ensemble_weight_exp_is_exactly_exp_minus_beta_e() -> None:
+    assert [ensemble_weight("exp", 0.5, e, 10) for e in range(3)] == [
+        1.0,
+        math.exp(-0.5),
+        0.36787944117144233,
+    ]
+    assert all(ensemble_weight("exp", 0.3, e, 7) == math.exp(-0.3 * e) for e in range(7))
+
+
+def test_ensemble_weight_cos_and_linear_per_epoch() -> None:
+    cos = [ensemble_weight("cos", 0.1, e, 4) for e in range(4)]
+    assert cos == pytest.approx([1.0, 0.8535533905932737, 0.5, 0.14644660940672627], abs=1e-15)
+    assert [ensemble_weight("linear", 0.1, e, 4) for e in range(4)] == [1.0, 0.75, 0.5, 0.25]
+
+
+def test_dkel_method_uses_configured_decay(tmp_path: Path, digits: Splits) -> None:
+    cfg = config(tmp_path, **{"method.name": "dkel", "dkel.decay": "linear", "run.epochs": 5})
+    method = build(cfg, digits)
+    assert [method.ensemble_weight(e) for e in range(5)] == [
+        1.0,
+        0.8,
+        0.6,
+        0.4,
+        0.19999999999999996,
+    ]
+    pcl = build(config(tmp_path, **{"method.name": "pcl"}), digits)
+    assert pcl.ensemble_weight(0) == 0.0
+
+
+def test_ema_update_on_known_tensors() -> None:
+    teacher = [torch.tensor([1.0, 2.0]), torch.tensor([[0.0, 4.0]])]
+    student = [torch.tensor([3.0, 6.0]), torch.tensor([[2.0, 0.0]])]
+    ema_(teacher, student, decay=0.25)  # t = 0.25 * t + 0.75 * s
+    assert teacher[0].tolist() == [2.5, 5.0]
+    assert teacher[1].tolist() == [[1.5, 1.0]]
+    assert student[0].tolist() == [3.0, 6.0]
+
+
+@pytest.mark.parametrize("name", ["pcl", "dkel"])
+def test_teachers_follow_students_by_ema_after_each_step(
+    name: str, tmp_path: Path, digits: Splits
+) -> None:
+    cfg = config(tmp_path, **{"method.name": name, "dkel.ema_decay": 0.7})
+    method = build(cfg, digits)
+    before = [[p.clone() for p in t.parameters()] for t in method.teachers]
+    counts = [t[1].num_batches_tracked.item() for t in method.teachers]
+    x, y = digits.train_x[:64], digits.train_y[:64]
+    method.train_step(x, y, 0, sgd(method, 0.1))
+    for t, s, old, count in zip(method.teachers, method.nets, before, counts, strict=True):
+        for pt, ps, p0 in zip(t.parameters(), s.parameters(), old, strict=True):
+            torch.testing.assert_close(pt, 0.7 * p0 + 0.3 * ps, rtol=0, atol=1e-6)
+            assert not pt.requires_grad
+        # BN statistics are the teacher's own: one train-mode forward, no copying.
+        assert t[1].num_batches_tracked.item() == count + 1
+    assert list(method.eval_models()) == ["peer0", "peer1"]
+    assert method.eval_models()["peer1"] is method.teachers[1]
+
+
+def test_decoupled_init_takes_the_given_sgd_steps(tmp_path: Path, digits: Splits) -> None:
+    cfg = config(tmp_path, **{"method.name": "dkel", "dkel.init_steps": 1, "dkel.init_lr": 0.01})
+    method = build(cfg, digits)
+    # The teachers draw successive batches from one generator seeded by run.seed.
+    generator = torch.Generator().manual_seed(cfg.run.seed)
+    draws = batches(digits.train_x, digits.train_y, cfg.run.batch_size, generator=generator)
+    for student, teacher in zip(method.nets, method.teachers, strict=True):
+        x, y = next(draws)
+        manual = copy.deepcopy(student)
+        grads = torch.autograd.grad(F.cross_entropy(manual(x), y), list(manual.parameters()))
+        gap = 0.0
+        for ps, pt, g in zip(student.parameters(), teacher.parameters(), grads, strict=True):
+            torch.testing.assert_close(pt, ps - 0.01 * g, rtol=0, atol=1e-7)
+            gap = max(gap, (pt - ps).abs().max().item())
+        assert 0 < gap < 0.01  # related, not identical
+
+    copied = build(config(tmp_path, **{"method.name": "dkel", "dkel.init_steps": 0}), digits)
+    for student, teacher in zip(copied.nets, copied.teachers, strict=True):
+        for ps, pt in zip(
+            student.state_dict().values(), teacher.state_dict().values(), strict=True
+        ):
+            assert torch.equal(ps, pt)
+
+
+# --- DML ------------------------------------------------------------------------------------
+
+
+def kl_by_hand(target: torch.Tensor, student: torch.Tensor, tau: float) -> torch.Tensor:
+    """KL(p_target^tau || p_student^tau) * tau^2, averaged over the batch."""
+    p = torch.softmax(target / tau, 1)
+    return (p * (p.log() - torch.log_softmax(student / tau, 1))).sum(1).mean() * tau**2
+
+
+def test_dml_two_peers_equals_hand_computation(tmp_path: Path, digits: Splits) -> None:
+    cfg = config(tmp_path, **{"method.name": "dml", "model.name": "mlp", "method.temperature": 2.0})
+    method = build(cfg, digits)
+    net0, net1 = (copy.deepcopy(n) for n in method.nets)
+    x, y = digits.train_x[:32], digits.train_y[:32]
+
+    z0, z1 = net0(x), net1(x)
+    loss0 = F.cross_entropy(z0, y) + kl_by_hand(z1.detach(), z0, 2.0)
+    with torch.no_grad():  # peer 0 takes its SGD step first ...
+        grads0 = torch.autograd.grad(loss0, list(net0.parameters()))
+        for p, g in zip(net0.parameters(), grads0, strict=True):
+            p -= 0.1 * g
+    fresh_z0 = net0(x).detach()  # ... and peer 1 learns from its updated outputs
+    loss1 = F.cross_entropy(z1, y) + kl_by_hand(fresh_z0, z1, 2.0)
+    stale_loss1 = F.cross_entropy(z1, y) + kl_by_hand(z0.detach(), z1, 2.0)
+    grads1 = torch.autograd.grad(loss1, list(net1.parameters()))
+
+    loss = method.train_step(x, y, 0, sgd(method, 0.1))
+    assert loss == pytest.approx((loss0.item() + loss1.item()) / 2, rel=1e-6)
+    assert abs(loss1.item() - stale_loss1.item()) > 1e-4  # the in-turn update matters here
+    for name, a, b in [("peer0", method.nets[0], net0)]:
+        for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+            torch.testing.assert_close(pa, pb, rtol=0, atol=1e-6, msg=name)
+    for p1, p_old, g in zip(method.nets[1].parameters(), net1.parameters(), grads1, strict=True):
+        torch.testing.assert_close(p1, p_old - 0.1 * g, rtol=0, atol=1e-6)
+
+
+def test_dml_counts_each_batch_once_in_bn_statistics(tmp_path: Path, digits: Splits) -> None:
+    cfg = config(tmp_path, **{"method.name": "dml", "method.peers": 3})
+    method = build(cfg, digits)
+    method.train_step(digits.train_x[:64], digits.train_y[:64], 0, sgd(method, 0.1))
+    assert [net[1].num_batches_tracked.item() for net in method.nets] == [1, 1, 1]
+
+
+def test_dml_peers_may_differ(tmp_path: Path, digits: Splits) -> None:
+    cfg = config(tmp_path, **{"method.name": "dml", "method.peer_models": ["mlp", "cnn_small"]})
+    method = build(cfg, digits)
+    assert [type(n[0]).__name__ for n in method.nets] == ["Flatten", "Conv2d"]
+
+
+# --- ESKD, TAKD, early-stopped teachers -----------------------------------------------------
+
+
+class Forbidden(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise AssertionError("the teacher must not run once KD has stopped")
+
+
+def test_eskd_kd_weight_is_zero_after_the_stop_epoch(tmp_path: Path, digits: Splits) -> None:
+    cfg = config(
+        tmp_path,
+        **{"method.name": "eskd", "method.kd_stop_epoch": 2, "run.epochs": 4, "model.name": "mlp"},
+    )
+    method = build(cfg, digits, teacher=Forbidden())
+    assert [method.kd_weights(e).get("kl", 0.0) for e in range(4)] == [0.9, 0.9, 0.0, 0.0]
+    assert method.kd_weights(2) == {"ce": 1.0}
+    x, y = digits.train_x[:64], digits.train_y[:64]
+    with torch.no_grad():
+        ce = F.cross_entropy(method.nets[0](x), y).item()
+    assert method.train_step(x, y, 2, sgd(method, 0.1)) == pytest.approx(ce, rel=1e-6)
+
+
+def test_takd_trains_the_assistant_once_across_runs(tmp_path: Path) -> None:
+    overrides = {
+        "data.name": "synthetic",
+        "model.name": "mlp",
+        "method.name": "takd",
+        "method.ta_model": "cnn_small",
+        "teacher.epochs": 1,
+        "run.epochs": 1,
+    }
+    trained: list[str] = []
+
+    def log(line: str) -> None:
+        if line.startswith("training"):
+            trained.append(line)
+
+    fit(config(tmp_path, **overrides), log=log)
+    assert len(trained) == 2  # the teacher, then the TA
+    fit(config(tmp_path, **overrides, **{"run.seed": 1}), log=log)
+    assert len(trained) == 2
+    entries = TeacherStore(tmp_path).entries()
+    assert sorted((e["method"], e["model"]) for e in entries) == [
+        ("kd", "cnn_small"),
+        ("scratch", "mlp"),
+    ]
+
+
+@pytest.mark.parametrize("name", ["kd", "eskd", "takd"])
+def test_teacher_epoch_selects_an_early_checkpoint(name: str, store: Path) -> None:
+    cfg = config(
+        store,
+        **{"method.name": name, "method.ta_model": "mlp", "method.kd_stop_epoch": 1},
+        **{"teacher.epoch": 1, "run.epochs": 1},
+    )
+    result = fit(cfg)
+    teachers = TeacherStore(store)
+    saved = teachers.meta(teacher_spec(cfg))["epochs"]
+    assert saved["1"]["val_acc"] != saved["2"]["val_acc"]
+    if name == "takd":  # the TA distils from teacher epoch 1; the student from the TA
+        ta = teachers.meta(assistant_spec(cfg))
+        assert ta["config"]["teacher"]["epoch"] == 1
+        assert result.final["teacher_val_acc"] == ta["final"]["val_acc"]
+    else:
+        assert result.final["teacher_val_acc"] == saved["1"]["val_acc"]
+
+
+# --- config errors and examples -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fix"),
+    [
+        ({"method.name": "dkel", "method.peers": 1}, "set method.peers >= 2"),
+        ({"method.name": "pcl", "method.peers": 1}, "set method.peers >= 2"),
+        ({"method.name": "dml", "method.peers": 1}, "set method.peers >= 2"),
+        ({"method.name": "takd"}, "set method.ta_model"),
+        ({"method.name": "eskd"}, "needs method.kd_stop_epoch"),
+        ({"method.name": "pcl", "method.peer_models": ["mlp", "mlp"]}, "set method.name=dml"),
+        ({"method.name": "dml", "method.peer_models": ["mlp"]}, "make them agree"),
+        ({"method.name": "dkel", "dkel.decay": "step"}, "dkel.decay"),
+    ],
+)
+def test_impossible_configs_are_one_line_errors(
+    overrides: dict[str, Any], fix: str, tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        config(tmp_path, **overrides)
+    assert fix in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["dml", "pcl", "dkel", "takd", "eskd"])
+def test_example_configs_load(name: str) -> None:
+    cfg = load_config(EXAMPLES / f"{name}_digits.yaml")
+    assert cfg.method.name == name and cfg.data.name == "digits"
+
+
+# --- every registered method end to end -----------------------------------------------------
+
+COMMON = ["train_loss", "lr", "epoch_time", "crashed", "val_acc", "val_nll", "val_ece"]
+WITH_TEACHER = ["val_agreement", "val_kl", "teacher_val_acc", "diff_t_s"]
+WITH_PEERS = ["peer0_val_acc", "peer1_val_acc", "val_acc_mean", "val_acc_std", "peer1_crashed"]
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_every_method_trains_and_reports(name: str, store: Path) -> None:
+    assert METHODS.get(name).needs_teacher == (name in TEACHER_METHODS)
+    # Keys a method does not read are ignored; these make every registered method valid.
+    cfg = config(
+        store, **{"method.name": name, "method.ta_model": "mlp", "method.kd_stop_epoch": 2}
+    )
+    result = fit(cfg)
+    assert result.status == "completed"
+    first, last = result.history
+    assert last["train_loss"] < first["train_loss"]
+    expected = (
+        COMMON + WITH_TEACHER * (name in TEACHER_METHODS) + WITH_PEERS * (name in PEER_METHODS)
+    )
+    for metrics in (first, last, result.final):
+        assert set(expected) <= set(metrics), set(expected) - set(metrics)
+    # Well above chance (0.1); takd's 2-epoch mlp assistant is the weakest teacher here.
+    assert 0.3 < result.final["val_acc"] <= 1.0
+    assert 0.3 < result.final["test_acc"] <= 1.0
+
+
+# --- resume ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["dml", "dkel"])
+def test_resume_from_mid_training_matches_an_uninterrupted_run(name: str, tmp_path: Path) -> None:
+    cfg = config(tmp_path, **{"method.name": name, "run.epochs": 3, "method.peers": 3})
+    captured: dict[str, Any] = {}
+
+    def capture(report: EpochReport) -> None:
+        if report.epoch == 1:  # the state holds live tensors: copy it now
+            captured["state"] = copy.deepcopy(report.state())
+
+    whole = fit(cfg, on_epoch=capture)
+    resumed = fit(cfg, resume_from=captured["state"])
+
+    def timeless(metrics: dict[str, float]) -> dict[str, float]:
+        return {k: v for k, v in metrics.items() if k != "epoch_time"}
+
+    assert len(resumed.history) == 3
+    assert [timeless(h) for h in resumed.history] == [timeless(h) for h in whole.history]
+    assert timeless(resumed.final) == timeless(whole.final)

@@ -1,0 +1,160 @@
+"""``distill-study report | export | ui``: look at a finished study (registered in studies/cli.py).
+
+Heavy imports (pandas, matplotlib, optuna, MLflow) happen inside the commands so that the rest of
+the CLI starts fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from distill_core import UserError
+
+TRACKING_HELP = "MLflow tracking URI or store folder (default: ./runs/mlflow.db)."
+
+
+@click.command()
+@click.argument("study")
+@click.option("--tracking-uri", default=None, help=TRACKING_HELP)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder for report.md and the plots (default: ./runs/reports/STUDY).",
+)
+@click.option("--force", is_flag=True, help="Write into --out even if it holds other files.")
+def report(study: str, tracking_uri: str | None, out: Path | None, force: bool) -> None:
+    """Plots and a Markdown report of STUDY, also logged to its MLflow parent run under report/.
+
+    \b
+    Example:  distill-study report alpha
+    """
+    from analysis.report import ARTIFACT_DIR, write_report
+    from analysis.study import load_study
+    from studies.tracking import open_client
+
+    loaded = load_study(open_client(tracking_uri), study)
+    files = write_report(loaded, out or Path("runs") / "reports" / study, force=force)
+    click.echo(f"report: {files[0]} and {len(files) - 1} plots")
+    click.echo(
+        f"logged to MLflow run {loaded.parent_run_id} under {ARTIFACT_DIR}/ (see distill-study ui)"
+    )
+
+
+@click.command()
+@click.argument("study")
+@click.option(
+    "--top-k",
+    type=int,
+    default=3,
+    show_default=True,
+    help="How many of the best configs to export.",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder for STUDY-1.yaml, ... (default: ./runs/exports/STUDY).",
+)
+@click.option("--force", is_flag=True, help="Write into --out even if it holds other files.")
+@click.option(
+    "--final", is_flag=True, help="Also retrain each config on train+val and report test metrics."
+)
+@click.option("--seeds", type=int, default=None, help="Seeds per config for --final (default: 3).")
+@click.option("--tracking-uri", default=None, help=TRACKING_HELP)
+def export(
+    study: str,
+    top_k: int,
+    out: Path | None,
+    force: bool,
+    final: bool,
+    seeds: int | None,
+    tracking_uri: str | None,
+) -> None:
+    """Write the best configs of STUDY (ranked on validation) as YAML runnable by `train --config`.
+
+    \b
+    Example:  distill-study export alpha --top-k 3 --out best/
+              distill-study train --config best/alpha-1.yaml
+    With --final the configs are retrained on train+val with --seeds seeds and logged to the
+    study as child runs tagged distill.role=final.
+    """
+    from analysis.export import export_configs, final_runs
+    from analysis.report import mean_std
+    from analysis.study import load_study
+    from studies.tracking import open_client
+
+    if seeds is not None and not final:
+        raise UserError("--seeds only applies to final runs; add --final or drop --seeds")
+    loaded = load_study(open_client(tracking_uri), study)
+    exported = export_configs(
+        loaded, top_k=top_k, out=out or Path("runs") / "exports" / study, force=force
+    )
+    for item in exported:
+        click.echo(f"#{item.rank} {item.group}: {item.path}")
+    if len(exported) < top_k:
+        click.echo(
+            f"only {len(exported)} configs of {study!r} are ranked (no diverged or failed seed)"
+        )
+    if final:
+        summary = final_runs(loaded, exported, seeds=3 if seeds is None else seeds, say=click.echo)
+        for name, row in summary.iterrows():
+            metrics = [c.removesuffix(" mean") for c in summary.columns if c.endswith(" mean")]
+            click.echo(
+                f"final {name}: "
+                + ", ".join(f"{m} {mean_std(row[f'{m} mean'], row[f'{m} std'])}" for m in metrics)
+            )
+
+
+@click.command()
+@click.option(
+    "--tracking-uri", default=None, help="SQLite tracking URI or store folder (default: ./runs)."
+)
+@click.option(
+    "--store",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Store folder holding mlflow.db (default: ./runs).",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=5000,
+    show_default=True,
+    help="Port; a busy one moves to the next free port.",
+)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Interface; 0.0.0.0 exposes the UI (no authentication).",
+)
+def ui(tracking_uri: str | None, store: str | None, port: int, host: str) -> None:
+    """The MLflow UI over the study store, with one link per study; Ctrl-C stops it.
+
+    \b
+    Example:  distill-study ui            (then open the printed link)
+    """
+    from analysis.study import list_studies
+    from analysis.ui import serve
+    from studies.tracking import artifact_root, open_client
+
+    if tracking_uri and store:
+        raise UserError("pass either --tracking-uri or --store, not both")
+    if tracking_uri and tracking_uri.startswith(("http://", "https://")):
+        raise UserError(
+            f"{tracking_uri} is already a tracking server; open it in a browser instead of starting one"
+        )
+    client = open_client(tracking_uri or store)
+    uri = client.tracking_uri
+    code = serve(
+        uri,
+        artifact_root(uri),
+        list_studies(client),
+        host=host,
+        port=port,
+        say=lambda line: click.echo(line, err=line.startswith("warning")),
+    )
+    raise SystemExit(code)

@@ -1,0 +1,482 @@
+"""The report's plots: matplotlib PNGs of one fixed size, each readable on its own.
+
+Every function takes the study, its seed groups (``Study.groups()``) and the output folder, writes
+its PNG(s) and returns ``Plot`` records whose sentence says what the plot shows; a plot that cannot
+be drawn (too few trials, no such metric) comes back with ``file=None`` and the reason.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on servers and in tests
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import optuna  # noqa: E402
+import pandas as pd  # noqa: E402
+from optuna.distributions import (  # noqa: E402
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+)
+
+from analysis.study import FINISHED, Study  # noqa: E402
+
+# One "new study created" line per rebuilt study is noise.
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+FIGSIZE = (8.0, 5.0)
+DPI = 100  # with FIGSIZE: 800 x 500 pixel PNGs
+MAX_ISOLATION_POINTS = 8  # a continuous scientific parameter is binned into this many ranges
+TOP_COLORS = ("tab:blue", "tab:green", "tab:purple")  # none of them a status colour
+TOP_CURVES = len(TOP_COLORS)
+STATUS_COLORS = {
+    "completed": "tab:blue",
+    "recovered": "tab:cyan",
+    "early-stopped": "tab:gray",
+    "crashed": "tab:red",
+    "diverged": "tab:orange",
+    "failed": "black",
+    "running": "tab:olive",
+}
+
+
+@dataclass
+class Plot:
+    """One plot of the report: its file (None when not drawn), title and one-sentence reading."""
+
+    file: str | None
+    title: str
+    sentence: str
+
+
+def slug(key: str) -> str:
+    """A file-name part for a dotted key: ``method.alpha`` -> ``method_alpha``."""
+    return "".join(c if c.isalnum() else "_" for c in key)
+
+
+def _figure(title: str) -> tuple[plt.Figure, plt.Axes]:
+    fig, ax = plt.subplots(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    return fig, ax
+
+
+def _save(fig: plt.Figure, out: Path, name: str) -> str:
+    fig.savefig(out / name, dpi=DPI)  # no bbox_inches="tight": every PNG keeps FIGSIZE x DPI pixels
+    plt.close(fig)
+    return name
+
+
+def _fmt(value: float) -> str:
+    return "n/a" if pd.isna(value) else f"{value:.4f}"
+
+
+def _show(value: object) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _is_log(values: pd.Series) -> bool:
+    """Numeric, positive and spanning more than a decade: draw on a log axis."""
+    v = values.dropna()
+    return bool(len(v)) and v.dtype.kind == "f" and v.min() > 0 and v.max() / v.min() > 10
+
+
+def learning_curves(study: Study, groups: pd.DataFrame, out: Path) -> Plot:
+    """Objective and training loss per epoch: the top configs, and every unstable run."""
+    runs = study.runs
+    top = groups[groups["rankable"]].head(TOP_CURVES)
+    unstable = runs[
+        runs["status"].isin(["crashed", "diverged"]) | (study.metric("crashed_epochs") > 0)
+    ]
+    top_runs = [runs[runs["group"] == group] for group in top.index]  # best config first
+    shown = pd.concat([*top_runs, unstable]).drop_duplicates("run_id")
+    hist = study.history(list(shown["run_id"]), [study.objective, "train_loss", "crashed"])
+    fig, (ax_obj, ax_loss) = plt.subplots(1, 2, figsize=FIGSIZE, dpi=DPI, layout="constrained")
+    fig.suptitle(
+        f"{study.name}: learning curves (top {len(top)} configs, {len(unstable)} unstable runs)"
+    )
+    labelled: set[str] = set()
+    for _, run in shown.iterrows():
+        curves = {
+            k: h.set_index("step")["value"]
+            for k, h in hist[hist["run_id"] == run["run_id"]].groupby("key")
+        }
+        if run["run_id"] in set(unstable["run_id"]):
+            color, style, label = STATUS_COLORS.get(run["status"], "tab:red"), "--", run["status"]
+            if run["status"] == "completed":
+                color, label = STATUS_COLORS["recovered"], "recovered from a crash"
+        else:
+            rank = int(groups.loc[run["group"], "rank"])
+            color, style, label = TOP_COLORS[rank - 1], "-", f"#{rank} {run['group']}"
+        kw = {"color": color, "linestyle": style, "linewidth": 1.4, "alpha": 0.9}
+        kw["label"] = None if label in labelled else label
+        labelled.add(label)
+        for ax, key in ((ax_obj, study.objective), (ax_loss, "train_loss")):
+            if key in curves:
+                ax.plot(curves[key].index, curves[key].values, marker=".", **kw)
+        crashed = curves.get("crashed")
+        if crashed is not None and study.objective in curves and crashed.any():
+            at = crashed[crashed > 0].index.intersection(curves[study.objective].index)
+            ax_obj.plot(at, curves[study.objective][at], "x", color="tab:red", markersize=8)
+        # The non-finite loss itself is not logged: mark the last finite one.
+        if run["status"] == "diverged" and "train_loss" in curves:
+            ax_loss.plot(
+                curves["train_loss"].index[-1:],
+                curves["train_loss"].values[-1:],
+                "X",
+                color=color,
+                markersize=10,
+            )
+    ax_obj.set(
+        xlabel="epoch", ylabel=study.objective, title=f"{study.objective} (x: epoch at chance)"
+    )
+    ax_loss.set(
+        xlabel="epoch",
+        ylabel="train_loss",
+        yscale="log",
+        title="train_loss (X: diverged next epoch)",
+    )
+    for ax in (ax_obj, ax_loss):
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    ax_obj.legend(fontsize=8)
+    name = _save(fig, out, "learning_curves.png")
+    n_crashed = int((unstable["status"] == "crashed").sum())
+    n_diverged = int((unstable["status"] == "diverged").sum())
+    n_recovered = len(unstable) - n_crashed - n_diverged
+    sentence = (
+        f"{study.objective} and training loss per epoch for every seed of the top {len(top)} configs (solid) and of "
+        f"{n_crashed} crashed, {n_diverged} diverged and {n_recovered} recovered runs (dashed)"
+        + (
+            ": unstable training shows as curves that drop to chance or stop early."
+            if len(unstable)
+            else "."
+        )
+    )
+    return Plot(name, "Learning curves", sentence)
+
+
+def axis_plots(study: Study, groups: pd.DataFrame, out: Path) -> list[Plot]:
+    """Objective against each sampled parameter, one dot per run, coloured by status."""
+    plots = []
+    runs = study.runs
+    score = study.metric(study.objective)
+    for axis in study.axes:
+        values = study.values(axis)
+        fig, ax = _figure(f"{study.name}: {study.objective} vs {axis}")
+        x, ticks = _positions(values)
+        for status, color in STATUS_COLORS.items():
+            picked = runs["status"].eq(status) & score.notna() & x.notna()
+            # No comparable objective: a mark on the bottom edge.
+            if status in ("diverged", "failed"):
+                picked = runs["status"].eq(status) & x.notna()
+                ax.plot(
+                    x[picked],
+                    np.full(picked.sum(), 0.03),
+                    "x",
+                    color=color,
+                    markersize=9,
+                    transform=ax.get_xaxis_transform(),
+                    label=f"{status} ({picked.sum()})" if picked.any() else None,
+                )
+                continue
+            if status == "completed":
+                picked &= ~(study.metric("crashed_epochs") > 0)
+            if status == "recovered":
+                picked = (
+                    runs["status"].eq("completed")
+                    & (study.metric("crashed_epochs") > 0)
+                    & score.notna()
+                )
+            hollow = status == "early-stopped"
+            ax.scatter(
+                x[picked],
+                score[picked],
+                s=36,
+                label=f"{status} ({picked.sum()})" if picked.any() else None,
+                facecolors="none" if hollow else color,
+                edgecolors=color,
+                alpha=0.85,
+            )
+        means = groups[groups["rankable"]]
+        if axis in means:
+            mx, _ = _positions(means[axis], ticks)
+            ax.scatter(
+                mx,
+                means[f"{study.objective} mean"],
+                marker="_",
+                s=400,
+                color="black",
+                label="config mean over seeds",
+            )
+        _x_axis(ax, axis, values, ticks)
+        ax.set_ylabel(study.objective)
+        ax.legend(fontsize=8)
+        name = _save(fig, out, f"axis_{slug(axis)}.png")
+        best = (
+            f"the best config has {axis}={_show(means[axis].iloc[0])}."
+            if len(means)
+            else "no config is ranked yet."
+        )
+        sentence = (
+            f"{study.objective} of every run against {axis} (black bars: config means over seeds, "
+            f"crosses at the bottom: diverged or failed runs); {best}"
+        )
+        plots.append(Plot(name, f"Axis plot: {axis}", sentence))
+    return plots
+
+
+def isolation_plots(study: Study, groups: pd.DataFrame, out: Path) -> list[Plot]:
+    """Best config per value of each scientific parameter, nuisance parameters tuned away, with seed spread."""
+    plots = []
+    ranked = groups[groups["rankable"]]
+    if not study.scientific:
+        why = "Not drawn: the study declares no scientific parameter (tag distill.scientific)."
+        return [Plot(None, "Isolation plots", why)]
+    if ranked.empty:
+        return [Plot(None, "Isolation plots", "Not drawn: no config is ranked yet.")]
+    mean, std = f"{study.objective} mean", f"{study.objective} std"
+    nuisance = ", ".join(study.nuisance) or "the other sampled parameters"
+    for axis in (a for a in study.scientific if a in ranked and ranked[a].notna().any()):
+        applies = ranked[ranked[axis].notna()]  # a conditional parameter: only where it was sampled
+        values = applies[axis]
+        key = values.astype(str)
+        if values.dtype.kind == "f" and values.nunique() > MAX_ISOLATION_POINTS:
+            key = pd.qcut(values, MAX_ISOLATION_POINTS, duplicates="drop").astype(str)
+        per_value = applies.groupby(key, sort=False)[mean]
+        best = per_value.idxmax() if study.mode == "max" else per_value.idxmin()
+        rows = applies.loc[best.values].sort_values(axis, key=_sort_key)
+        fig, ax = _figure(f"{study.name}: isolation plot of {axis}")
+        x, ticks = _positions(rows[axis])
+        ax.errorbar(
+            x,
+            rows[mean],
+            yerr=rows[std].fillna(0),
+            fmt="o-",
+            color="tab:blue",
+            capsize=5,
+            label=f"best config per value: mean ± std over seeds (tuned: {nuisance})",
+        )
+        seeds = study.runs[
+            study.runs["group"].isin(rows.index) & study.runs["status"].isin(FINISHED)
+        ]
+        sx, _ = _positions(study.values(axis)[seeds.index], ticks)
+        ax.scatter(
+            sx,
+            study.metric(study.objective)[seeds.index],
+            s=18,
+            color="tab:gray",
+            zorder=3,
+            label="its seeds",
+        )
+        _x_axis(ax, axis, rows[axis], ticks)
+        ax.set_ylabel(f"best {study.objective}")
+        ax.legend(fontsize=8)
+        name = _save(fig, out, f"isolation_{slug(axis)}.png")
+        top = rows.loc[rows[mean].idxmax() if study.mode == "max" else rows[mean].idxmin()]
+        plots.append(
+            Plot(
+                name,
+                f"Isolation plot: {axis}",
+                (
+                    f"The best seed-mean {study.objective} reached at each value of {axis} once {nuisance} is tuned away, "
+                    f"with the spread over seeds; best at {axis}={_show(top[axis])} "
+                    f"({_fmt(top[mean])} ± {_fmt(top[std])})."
+                ),
+            )
+        )
+    return plots
+
+
+def importance_plot(study: Study, groups: pd.DataFrame, out: Path) -> Plot:
+    """fANOVA and PED-ANOVA importances of the sampled parameters for the objective."""
+    title = "Parameter importance"
+    opt = _optuna_study(study, groups)
+    if len(opt.trials) < 2 or not any(t.distributions for t in opt.trials):
+        return Plot(
+            None,
+            title,
+            f"Not drawn: importance needs at least 2 ranked configs with a varying parameter, "
+            f"this study has {len(opt.trials)}.",
+        )
+    evaluators = {
+        "fANOVA": optuna.importance.FanovaImportanceEvaluator(seed=0),
+        "PED-ANOVA": optuna.importance.PedAnovaImportanceEvaluator(),
+    }
+    scores: dict[str, dict[str, float]] = {}
+    for label, evaluator in evaluators.items():
+        with warnings.catch_warnings():
+            # Both warn at length about small studies; the sentence says so.
+            warnings.simplefilter("ignore")
+            scores[label] = optuna.importance.get_param_importances(opt, evaluator=evaluator)
+    table = pd.DataFrame(scores).fillna(0.0).sort_values("fANOVA")
+    fig, ax = _figure(f"{study.name}: importance for {study.objective} ({len(opt.trials)} configs)")
+    table.plot.barh(ax=ax, color=["tab:blue", "tab:orange"])
+    ax.set_xlabel("normalised importance")
+    name = _save(fig, out, "importance.png")
+    first = table["fANOVA"].idxmax()
+    return Plot(
+        name,
+        title,
+        (
+            f"How much each sampled parameter explains {study.objective} across {len(opt.trials)} ranked configs "
+            f"(fANOVA: variance explained; PED-ANOVA: what separates the top 10%); most important: {first}"
+            + (
+                " (few configs: read as a hint, not a measurement)."
+                if len(opt.trials) < 20
+                else "."
+            )
+        ),
+    )
+
+
+def pareto_plot(study: Study, groups: pd.DataFrame, out: Path) -> Plot:
+    """Config means of val_acc against val_agreement, the Pareto front highlighted."""
+    title = "Accuracy vs fidelity"
+    both = groups[groups["rankable"]].dropna(subset=["val_acc mean", "val_agreement mean"])
+    if both.empty:
+        why = "no run logged val_agreement (fidelity needs a teacher)"
+        if study.metric("val_agreement").notna().any():
+            why = "no ranked config has both val_acc and val_agreement"
+        return Plot(None, title, f"Not drawn: {why}.")
+    front_study = optuna.create_study(directions=["maximize", "maximize"])
+    for group, row in both.iterrows():
+        front_study.add_trial(
+            optuna.trial.create_trial(
+                values=[row["val_acc mean"], row["val_agreement mean"]], user_attrs={"group": group}
+            )
+        )
+    front = both.loc[[t.user_attrs["group"] for t in front_study.best_trials]].sort_values(
+        "val_acc mean"
+    )
+    fig, ax = _figure(f"{study.name}: val_acc vs val_agreement (config means)")
+    ax.errorbar(
+        both["val_agreement mean"],
+        both["val_acc mean"],
+        xerr=both["val_agreement std"].fillna(0),
+        yerr=both["val_acc std"].fillna(0),
+        fmt="o",
+        color="tab:gray",
+        alpha=0.6,
+        label="config ± std over seeds",
+    )
+    ax.plot(
+        front["val_agreement mean"],
+        front["val_acc mean"],
+        "o-",
+        color="tab:red",
+        label="Pareto front",
+    )
+    labels = front.assign(label=[f"#{r} {g}" for g, r in front["rank"].items()])
+    # Tied configs share one label.
+    for (x, y), same in labels.groupby(["val_agreement mean", "val_acc mean"]):
+        ax.annotate(
+            ", ".join(same["label"]), (x, y), fontsize=8, textcoords="offset points", xytext=(4, 4)
+        )
+    ax.set(xlabel="val_agreement (top-1 agreement with the teacher)", ylabel="val_acc")
+    ax.legend(fontsize=8)
+    name = _save(fig, out, "pareto.png")
+    return Plot(
+        name,
+        title,
+        (
+            f"Validation accuracy against agreement with the teacher for {len(both)} configs; "
+            + (
+                f"the {len(front)} on the red front are not beaten on both at once, so moving along it trades accuracy "
+                "for fidelity."
+                if len(front) > 1
+                else "one config is best on both, so here accuracy and fidelity agree."
+            )
+        ),
+    )
+
+
+def status_plot(study: Study, out: Path) -> Plot:
+    """Share of runs per final status (recovered: completed after a crash)."""
+    status = study.runs["status"].where(
+        ~(study.metric("crashed_epochs") > 0) | (study.runs["status"] != "completed"), "recovered"
+    )
+    # A zero bar is news too.
+    always = ("completed", "early-stopped", "crashed", "diverged", "failed")
+    counts = status.value_counts().reindex(
+        [s for s in STATUS_COLORS if s in always or s in set(status)], fill_value=0
+    )
+    share = counts / counts.sum()
+    fig, ax = _figure(f"{study.name}: outcome of {counts.sum()} runs")
+    bars = ax.bar(share.index, share.values * 100, color=[STATUS_COLORS[s] for s in share.index])
+    ax.bar_label(bars, labels=[f"{n} ({p:.0%})" for n, p in zip(counts, share, strict=True)])
+    ax.set_ylabel("share of runs (%)")
+    ax.set_ylim(0, 110)
+    name = _save(fig, out, "status.png")
+    bad = share.reindex(["crashed", "diverged", "failed"]).fillna(0).sum()
+    stopped = share.get("early-stopped", 0.0)
+    return Plot(
+        name,
+        "Run outcomes",
+        (
+            f"How the {counts.sum()} runs ended: {bad:.0%} crashed, diverged or failed and {stopped:.0%} were "
+            f"stopped early by the scheduler; a large crashed share means the search space reaches unstable settings."
+        ),
+    )
+
+
+def _optuna_study(study: Study, groups: pd.DataFrame) -> optuna.Study:
+    """The ranked configs as a finished Optuna study (params rebuilt from their values)."""
+    ranked = groups[groups["rankable"]]
+    distributions: dict[str, BaseDistribution] = {}
+    for axis in study.axes:
+        values = ranked[axis].dropna()
+        if values.nunique() < 2:  # a constant explains nothing
+            continue
+        if values.dtype.kind == "f":
+            distributions[axis] = FloatDistribution(values.min(), values.max(), log=_is_log(values))
+        else:
+            distributions[axis] = CategoricalDistribution(sorted(set(values), key=str))
+    direction = "maximize" if study.mode == "max" else "minimize"
+    opt = optuna.create_study(direction=direction)
+    for _, row in ranked.iterrows():
+        params = {a: row[a] for a in distributions if not pd.isna(row[a])}
+        opt.add_trial(
+            optuna.trial.create_trial(
+                params=params,
+                distributions={a: distributions[a] for a in params},
+                value=row[f"{study.objective} mean"],
+            )
+        )
+    return opt
+
+
+def _positions(
+    values: pd.Series, ticks: list[object] | None = None
+) -> tuple[pd.Series, list[object] | None]:
+    """x positions: numbers as they are, other values at 0, 1, ... in sorted order (``ticks``)."""
+    if values.dtype.kind == "f" and ticks is None:
+        return values, None
+    if ticks is None:
+        ticks = sorted(set(values.dropna()), key=_sort_value)
+    index = {str(t): i for i, t in enumerate(ticks)}
+    return values.map(lambda v: index.get(str(v), math.nan)).astype(float), ticks
+
+
+def _x_axis(ax: plt.Axes, axis: str, values: pd.Series, ticks: list[object] | None) -> None:
+    ax.set_xlabel(axis)
+    if ticks is not None:
+        ax.set_xticks(range(len(ticks)), [str(t) for t in ticks])
+        ax.set_xlim(-0.5, len(ticks) - 0.5)
+    elif _is_log(values):
+        ax.set_xscale("log")
+
+
+def _sort_value(v: object) -> tuple[int, float, str]:
+    return (0, float(v), "") if isinstance(v, int | float) else (1, 0.0, str(v))
+
+
+def _sort_key(s: pd.Series) -> pd.Series:
+    return s.map(_sort_value)

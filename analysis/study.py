@@ -1,0 +1,258 @@
+"""Read a study back from MLflow (the docs/tracking.md layout) into pandas, and group its seeds.
+
+Only MLflow is read, so a study run on another machine can be analysed from any client that
+reaches its tracking server. One row of ``Study.runs`` is one trial x seed (a child run tagged
+``distill.role=trial``); ``Study.groups()`` aggregates the seeds of each sampled config.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import mlflow
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+from distill_core import UserError
+from distill_core.config import parse_value
+
+#: Runs that trained every epoch: their objectives compare with each other.
+FINISHED = ("completed", "crashed")
+#: Runs whose config is not worth recommending, whatever its other seeds did.
+BROKEN = ("diverged", "failed")
+TEST_METRICS = ("test_acc", "test_nll", "test_ece", "test_agreement", "test_kl")
+STUDY_FILTER = "tags.`distill.role` = 'study'"
+
+
+def list_studies(client: MlflowClient) -> dict[str, str]:
+    """Study name -> experiment id, for every experiment holding a study parent run."""
+    mlflow.set_tracking_uri(client.tracking_uri)  # mlflow.search_runs reads the global URI
+    parents = mlflow.search_runs(search_all_experiments=True, filter_string=STUDY_FILTER)
+    ids = sorted(set(parents["experiment_id"])) if len(parents) else []
+    return {client.get_experiment(i).name: i for i in ids}
+
+
+def unknown_study(client: MlflowClient, name: str) -> UserError:
+    known = (
+        ", ".join(sorted(list_studies(client)))
+        or "none yet (start one with distill-study run SPACE)"
+    )
+    return UserError(f"no study named {name!r} at {client.tracking_uri}; known studies: {known}")
+
+
+@dataclass
+class Study:
+    """One study: its parent run's tags and one row per child trial run."""
+
+    name: str
+    experiment_id: str
+    parent_run_id: str
+    tags: dict[str, str]
+    # Columns: run_id, run_name, trial_id, group, seed, status, params.*, metrics.*.
+    runs: pd.DataFrame
+    client: MlflowClient
+
+    @property
+    def objective(self) -> str:
+        return self.tags.get("distill.objective", "val_acc")
+
+    @property
+    def mode(self) -> str:
+        return self.tags.get("distill.mode", "max")
+
+    @property
+    def command(self) -> str:
+        return self.tags.get("distill.command", "")
+
+    @property
+    def scientific(self) -> list[str]:
+        return _split(self.tags.get("distill.scientific", ""))
+
+    @property
+    def nuisance(self) -> list[str]:
+        return _split(self.tags.get("distill.nuisance", ""))
+
+    @cached_property
+    def axes(self) -> list[str]:
+        """The sampled parameters: tag ``distill.axes``, else every param that varies (but the seed)."""
+        tagged = _split(self.tags.get("distill.axes", ""))
+        if tagged:
+            return [a for a in tagged if f"params.{a}" in self.runs]
+        params = [c for c in self.runs if c.startswith("params.") and c != "params.run.seed"]
+        return [c.removeprefix("params.") for c in params if self.runs[c].nunique(dropna=False) > 1]
+
+    def metric(self, name: str) -> pd.Series:
+        """The last logged value of metric ``name`` for every run (NaN where absent)."""
+        col = f"metrics.{name}"
+        return self.runs[col] if col in self.runs else pd.Series(math.nan, index=self.runs.index)
+
+    def values(self, axis: str) -> pd.Series:
+        """Typed values of param ``axis`` per run; None where the run did not sample it.
+
+        Params hold the full resolved config as strings, so a conditional parameter also has its
+        default where it does not apply; a run's own ``distill.axes`` tag says which ones it sampled.
+        """
+        values = _typed(self.runs[f"params.{axis}"])
+        if "tags.distill.axes" in self.runs:
+            sampled = self.runs["tags.distill.axes"].map(
+                lambda tag: not isinstance(tag, str) or axis in _split(tag)
+            )
+            values = values.where(sampled, None)
+        return values
+
+    def groups(self) -> pd.DataFrame:
+        """One row per sampled config (``distill.group``), best first.
+
+        Columns: ``trials``, ``seeds``, ``runs``, ``status``, the axes' values, ``<metric> mean``,
+        ``<metric> std`` and ``n`` (finished seeds) for the objective, ``val_acc``, ``val_agreement``
+        and the test metrics, ``<objective> stopped`` (mean where early-stopped runs stopped),
+        ``rankable`` and ``rank``. Means are over finished runs
+        (completed or crashed: a crashed seed counts against its config); a config with a diverged
+        or failed seed is never ranked. Ranking uses the validation objective only.
+        """
+        runs = self.runs
+        by = runs.groupby("group", sort=False)
+        out = pd.DataFrame(
+            {
+                "trials": by["trial_id"].agg(lambda s: ", ".join(dict.fromkeys(s.dropna()))),
+                "seeds": by["seed"].agg(lambda s: ", ".join(sorted(set(s.dropna()), key=seed_key))),
+                "runs": by.size(),
+                "status": by["status"].agg(_status_summary),
+            }
+        )
+        for axis in self.axes:
+            out[axis] = self.values(axis).groupby(runs["group"], sort=False).first()
+        metrics = list(dict.fromkeys([self.objective, "val_acc", "val_agreement", *TEST_METRICS]))
+        finished = runs["status"].isin(FINISHED)
+        table = pd.DataFrame({m: self.metric(m) for m in metrics})[finished]
+        stats = table.groupby(runs.loc[finished, "group"], sort=False).agg(["mean", "std"])
+        stats.columns = [f"{m} {s}" for m, s in stats.columns]
+        out = out.join(stats)
+        out["n"] = finished.groupby(runs["group"], sort=False).sum().astype(int)
+        stopped = runs["status"].eq("early-stopped")
+        out[f"{self.objective} stopped"] = (
+            self.metric(self.objective)[stopped].groupby(runs.loc[stopped, "group"]).mean()
+        )
+        broken = runs["status"].isin(BROKEN).groupby(runs["group"], sort=False).any()
+        score = out[f"{self.objective} mean"]
+        out["rankable"] = (out["n"] > 0) & ~broken & score.notna()
+        out = out.sort_values(
+            ["rankable", f"{self.objective} mean"],
+            ascending=[False, self.mode == "min"],
+            kind="stable",
+        )
+        out["rank"] = (
+            pd.Series(range(1, len(out) + 1), index=out.index)
+            .where(out["rankable"])
+            .astype("Int64")
+        )
+        out.index.name = "group"
+        return out
+
+    def history(self, run_ids: list[str], keys: list[str]) -> pd.DataFrame:
+        """Per-epoch metrics of ``run_ids``: long format with columns run_id, key, step, value."""
+        rows = [
+            (run_id, m.key, m.step, m.value)
+            for run_id in run_ids
+            for key in keys
+            for m in self.client.get_metric_history(run_id, key)
+        ]
+        frame = pd.DataFrame(rows, columns=["run_id", "key", "step", "value"])
+        return frame.sort_values(["run_id", "key", "step"], kind="stable")
+
+
+def load_study(client: MlflowClient, name: str) -> Study:
+    """Read study ``name`` from the tracking store behind ``client``.
+
+    Raises:
+        UserError: no such study (the known ones are listed), or it has no finished trials.
+    """
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        raise unknown_study(client, name)
+    mlflow.set_tracking_uri(client.tracking_uri)
+    parents = mlflow.search_runs(
+        [exp.experiment_id], STUDY_FILTER, order_by=["attributes.start_time DESC"]
+    )
+    if parents.empty:
+        raise unknown_study(client, name)
+    parent = parents.iloc[0]
+    tags = {
+        c.removeprefix("tags."): v
+        for c, v in parent.items()
+        if c.startswith("tags.") and isinstance(v, str)
+    }
+    children = mlflow.search_runs(
+        [exp.experiment_id],
+        f"tags.`mlflow.parentRunId` = '{parent['run_id']}' and tags.`distill.role` = 'trial'",
+    )
+    runs = _tidy(children)
+    if not runs["status"].isin(FINISHED).any():
+        counts = (
+            ", ".join(f"{n} {s}" for s, n in runs["status"].value_counts().items())
+            or "no trial runs"
+        )
+        raise UserError(
+            f"study {name!r} has no finished trials yet ({counts}); wait until one completes, "
+            f"or resume it with its command plus --resume"
+        )
+    return Study(name, exp.experiment_id, parent["run_id"], tags, runs, client)
+
+
+def _tidy(children: pd.DataFrame) -> pd.DataFrame:
+    """Child runs with the layout's tags as plain columns, in trial order."""
+    named = {
+        "run_id": "run_id",
+        "tags.mlflow.runName": "run_name",
+        "tags.distill.trial_id": "trial_id",
+        "tags.distill.group": "group",
+        "tags.seed": "seed",
+        "tags.status": "status",
+    }
+    # MLflow's own run status (FINISHED, FAILED) would clash with the layout's status tag.
+    runs = children.rename(columns={"status": "mlflow_status"})
+    runs = runs.reindex(columns=[*named, *runs.columns.drop(list(named), errors="ignore")])
+    runs = runs.rename(columns=named)
+    # A tag no run has comes back as a float NaN column.
+    runs[list(named.values())] = runs[list(named.values())].astype(object)
+    runs["group"] = runs["group"].fillna(runs["trial_id"]).fillna(runs["run_id"])
+    runs["status"] = runs["status"].fillna("running")
+    order = runs["start_time"] if "start_time" in runs else runs.index
+    return (
+        runs.assign(_order=order)
+        .sort_values("_order", kind="stable")
+        .drop(columns="_order")
+        .reset_index(drop=True)
+    )
+
+
+def _typed(values: pd.Series) -> pd.Series:
+    """Param strings as YAML reads them (``str(None)`` is missing); all numbers (not booleans): float."""
+    parsed = values.map(lambda v: parse_value(v) if isinstance(v, str) and v != "None" else None)
+    present = parsed.dropna()
+    if len(present) and all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in present
+    ):
+        return parsed.astype(float)
+    return parsed.map(
+        lambda v: v if v is None or isinstance(v, str | bool | int | float) else str(v)
+    )
+
+
+def _status_summary(statuses: pd.Series) -> str:
+    counts = statuses.value_counts()
+    if len(counts) == 1:
+        return str(counts.index[0])
+    return ", ".join(f"{s} x{n}" for s, n in counts.items())
+
+
+def seed_key(seed: Any) -> tuple[int, str]:
+    """Sort key: numeric seeds in numeric order, anything else after them."""
+    return (int(seed), "") if str(seed).isdigit() else (1 << 30, str(seed))
+
+
+def _split(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]

@@ -172,11 +172,11 @@ class Config(Section):
         MODELS.get(self.model.name)
         m = self.method
         if self.uses_teacher:
-            MODELS.get(self.teacher.model)
+            _known_model(self.teacher.model, "teacher.model")
         if m.name == "takd":
             if m.ta_model is None:
                 raise ValueError("method takd needs a teacher assistant; set method.ta_model (e.g. resnet20)")
-            MODELS.get(m.ta_model)
+            _known_model(m.ta_model, "method.ta_model")
         if m.name == "eskd" and m.kd_stop_epoch is None:
             raise ValueError("method eskd needs method.kd_stop_epoch; set it to the epoch after which KD stops")
         if m.kd_stop_epoch is not None and m.kd_stop_epoch > self.run.epochs:
@@ -189,7 +189,7 @@ class Config(Section):
             if len(m.peer_models) != m.peers:
                 raise ValueError(f"method.peer_models lists {len(m.peer_models)} models for method.peers={m.peers}; make them agree")
             for name in m.peer_models:
-                MODELS.get(name)
+                _known_model(name, "method.peer_models")
         if self.init.interp_lambda is not None and self.teacher.model != self.model.name:
             raise ValueError(
                 f"init.interp_lambda needs student and teacher of one architecture, got model.name={self.model.name} "
@@ -218,6 +218,14 @@ class Config(Section):
         """A short content hash of the resolved config."""
         blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _known_model(name: str, key: str) -> None:
+    """Like ``MODELS.get`` but naming the config key that holds ``name`` (not always model.name)."""
+    from distill_core.models import MODELS
+
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; set {key} to one of: {', '.join(MODELS.names())}")
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -175,12 +175,18 @@ def _data_dir(cfg: DataConfig) -> Path:
 
 
 def _read_idx(path: Path) -> np.ndarray:
-    """An IDX file (MNIST's format), plain or gzipped."""
+    """An IDX file (MNIST's format: magic 0x0000 08 <ndim>, big-endian dims, uint8 data), plain or gzipped."""
     opener = gzip.open if not path.is_file() else open
-    with opener(path if path.is_file() else path.with_name(path.name + ".gz"), "rb") as f:
-        raw = f.read()
-    ndim = raw[3]
+    source = path if path.is_file() else path.with_name(path.name + ".gz")
+    try:
+        with opener(source, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as exc:  # a truncated or non-gzip .gz
+        raise DataError(f"{source} cannot be read ({exc}); download the data set again") from None
+    ndim = raw[3] if len(raw) >= 4 else 0
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    if raw[:3] != b"\x00\x00\x08" or ndim == 0 or len(raw) != 4 + 4 * ndim + int(np.prod(shape)):
+        raise DataError(f"{source} is not a complete uint8 IDX file; download the data set again")
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 

@@ -34,7 +34,7 @@ def mlp(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
 
 @MODELS.register("cnn_small")
 def cnn_small(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
-    """Two conv-BN-ReLU blocks (16, 32 channels) with pooling, global average pool, linear head."""
+    """Three conv-BN-ReLU blocks (16, 32, 64 channels), max-pool after the first two, global average pool, linear head."""
 
     def block(cin: int, cout: int) -> list[nn.Module]:
         return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]

@@ -169,6 +169,12 @@ class TeacherStore:
         if meta is None:
             raise TeacherError(f"teacher {folder.name} is not in the store {self.root}; train it first (fit does this)")
         entry = meta["epochs"].get(str(epoch))
+        if entry is None and meta["status"] == "diverged":
+            saved = ", ".join(meta["epochs"]) or "none"
+            raise TeacherError(
+                f"teacher {folder.name} diverged (non-finite loss) before epoch {epoch} (saved: {saved}); "
+                "lower teacher.optim.lr (that trains a new teacher) or set teacher.epoch to a saved epoch"
+            )
         if entry is None:
             saved = ", ".join(meta["epochs"])
             raise TeacherError(

@@ -7,6 +7,7 @@ report to ``on_epoch``. Test metrics are computed once, at the end, and never us
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable
@@ -107,6 +108,8 @@ def fit(
     history: list[dict[str, float]] = []
     start_epoch, crashed_epochs = 0, 0
     if resume_from is not None:
+        # optimizer.load_state_dict keeps the given tensors: copy, or training would mutate the caller's state
+        resume_from = copy.deepcopy(resume_from)
         method.load_state_dict(resume_from["method"])
         for o, s in zip(optimizers, resume_from["optimizers"], strict=True):
             o.load_state_dict(s)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 from typing import Any
 
@@ -93,6 +94,8 @@ def train(
     if not no_tracking:
         from studies.tracking import RunLogger, get_or_create_experiment, open_client
 
+        # importing mlflow resets its loggers to INFO (undoing main()): keep its notes off stderr
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
         client = open_client(tracking_uri)
         logger = RunLogger.start(client, get_or_create_experiment(client, experiment), cfg, tags={"kind": "train"})
         say(f"mlflow: run {logger.run_id} in experiment {experiment!r} at {client.tracking_uri}")
@@ -118,7 +121,9 @@ def train(
     for line in summary_lines(result.status, result.final):
         say(line)
     if as_json:
-        click.echo(json.dumps({**result.to_dict(), "mlflow_run_id": logger.run_id if logger else None}))
+        out = {**result.to_dict(), "mlflow_run_id": logger.run_id if logger else None}
+        out["final"] = {k: v if math.isfinite(v) else None for k, v in result.final.items()}  # NaN is not JSON
+        click.echo(json.dumps(out))
 
 
 @main.command("config")
@@ -173,3 +178,13 @@ def teachers_list(store: str) -> None:
 
 
 # Commands defined next to the code they drive register themselves here, one line each.
+from analysis.cli import export, report, ui  # noqa: E402
+
+main.add_command(report)
+main.add_command(export)
+main.add_command(ui)
+
+from studies.run_cli import run, spaces  # noqa: E402
+
+main.add_command(run)
+main.add_command(spaces)

@@ -12,6 +12,7 @@ import math
 import os
 import time
 from pathlib import Path
+
 from mlflow.entities import Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
 
@@ -45,14 +46,17 @@ def artifact_root(tracking_uri: str) -> str | None:
     return None
 
 
-def get_or_create_experiment(client: MlflowClient, name: str, tags: dict[str, str] | None = None) -> str:
+def get_or_create_experiment(
+    client: MlflowClient, name: str, tags: dict[str, str] | None = None
+) -> str:
     """The id of experiment ``name``, created (as a machine-learning experiment) if missing."""
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
     root = artifact_root(client.tracking_uri)
     location = f"{root}/{name}" if root else None
-    return client.create_experiment(name, artifact_location=location, tags={**EXPERIMENT_KIND, **(tags or {})})
+    tags = {**EXPERIMENT_KIND, **(tags or {})}
+    return client.create_experiment(name, artifact_location=location, tags=tags)
 
 
 def config_params(cfg: Config) -> list[Param]:
@@ -61,7 +65,7 @@ def config_params(cfg: Config) -> list[Param]:
 
 
 def epoch_metrics(metrics: dict[str, float], step: int) -> list[Metric]:
-    """Finite metrics of one epoch as MLflow metrics at ``step=epoch`` (non-finite ones are dropped)."""
+    """Finite metrics of one epoch as MLflow metrics at ``step=epoch`` (non-finite ones dropped)."""
     now = int(time.time() * 1000)
     return [Metric(k, float(v), now, step) for k, v in metrics.items() if math.isfinite(float(v))]
 
@@ -95,14 +99,47 @@ class RunLogger:
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         self.client.log_batch(self.run_id, metrics=epoch_metrics(metrics, epoch))
 
-    def finish(self, status: str, final: dict[str, float] | None = None, step: int | None = None) -> None:
+    def finish(
+        self, status: str, final: dict[str, float] | None = None, step: int | None = None
+    ) -> None:
         """Log test metrics (those not logged per epoch) and the status tag, then end the run."""
         if final:
             once = {k: v for k, v in final.items() if k.startswith(("test_", "teacher_test_"))}
             self.client.log_batch(self.run_id, metrics=epoch_metrics(once, step or 0))
         self.client.set_tag(self.run_id, "status", status)
         ok = status in ("completed", "crashed", "early-stopped")
-        self.client.set_terminated(self.run_id, RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED))
+        end = RunStatus.FINISHED if ok else RunStatus.FAILED
+        self.client.set_terminated(self.run_id, RunStatus.to_string(end))
+
+
+def start_study_run(
+    client: MlflowClient,
+    experiment_id: str,
+    name: str,
+    tags: dict[str, str],
+    params: dict[str, object],
+) -> str:
+    """The parent run of a study (``distill.role=study``, ``distill.status=running``); its id."""
+    base = {"distill.role": "study", "distill.status": "running"}
+    run = client.create_run(experiment_id, run_name=name, tags={**base, **tags})
+    values = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in sorted(params.items())]
+    client.log_batch(run.info.run_id, params=values)
+    return run.info.run_id
+
+
+def set_study_status(client: MlflowClient, run_id: str, status: str) -> None:
+    """``running`` (re)opens the parent run; ``completed`` and ``interrupted`` end it."""
+    client.set_tag(run_id, "distill.status", status)
+    if status == "running":
+        client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+    else:
+        end = RunStatus.FINISHED if status == "completed" else RunStatus.KILLED
+        client.set_terminated(run_id, RunStatus.to_string(end))
+
+
+def last_step(client: MlflowClient, run_id: str, metric: str = "train_loss") -> int:
+    """The last epoch logged to a run (0 if none): a resumed trial must not log an epoch twice."""
+    return max((m.step for m in client.get_metric_history(run_id, metric)), default=0)
 
 
 def open_client(uri: str | None, store: str | Path = DEFAULT_STORE) -> MlflowClient:

@@ -1,0 +1,147 @@
+"""``distill-study run`` and ``distill-study spaces`` (registered at the end of studies/cli.py).
+
+Ray and Optuna are imported inside ``run`` so that the rest of the CLI starts fast.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from studies.spaces import SAMPLERS, SCHEDULERS, list_spaces
+
+
+@click.command()
+@click.argument("space", metavar="SPACE_OR_PRESET")
+@click.option(
+    "--trials",
+    type=int,
+    default=None,
+    help="Configs to sample (default: the space's; grid: its size).",
+)
+@click.option("--epochs", type=int, default=None, help="Epochs per trial (run.epochs).")
+@click.option(
+    "--dataset",
+    default=None,
+    help="Data set (data.name): mnist5k, digits, synthetic, fashion_mnist, cifar10, cifar100.",
+)
+@click.option(
+    "--data-dir", default=None, help="Folder holding a torchvision-layout data set (data.dir)."
+)
+@click.option(
+    "--seeds",
+    type=int,
+    default=None,
+    help="Seeds per sampled config; the objective is their mean (default: the space's, else 1).",
+)
+@click.option(
+    "--sampler",
+    default=None,
+    help=f"Optuna sampler: {' | '.join(SAMPLERS)} (default: the space's, else tpe).",
+)
+@click.option(
+    "--scheduler",
+    default=None,
+    help=f"Early stopping: {' | '.join(SCHEDULERS)} (default: asha; none for nsga2).",
+)
+@click.option(
+    "--cpus-per-trial",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="CPUs per trial; torch uses as many threads.",
+)
+@click.option(
+    "--gpus-per-trial",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="GPUs per trial; 0.25 packs four trials on one GPU.",
+)
+@click.option(
+    "--max-concurrent",
+    type=int,
+    default=None,
+    help="At most this many trials at once (default: as resources allow).",
+)
+@click.option(
+    "--address",
+    default=None,
+    help="Join this Ray cluster (HOST:6379) instead of starting a local Ray.",
+)
+@click.option(
+    "--tracking-uri",
+    default=None,
+    help="MLflow tracking URI or store folder (default: ./runs/mlflow.db).",
+)
+@click.option(
+    "--storage",
+    default="runs/studies",
+    show_default=True,
+    help="Folder of study state, checkpoints and teachers.",
+)
+@click.option(
+    "--name", default=None, help="Study name (default: the space's name, numbered if taken)."
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue an interrupted study (the latest of SPACE, or --name) with its settings.",
+)
+@click.option(
+    "--smoke-test",
+    is_flag=True,
+    help="Shrink the study to seconds: synthetic data, MLPs, 2 epochs, 3 trials.",
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Dotted override of the base config (repeatable).",
+)
+def run(space: str, **kwargs: object) -> None:
+    """Run a study: sample SPACE_OR_PRESET with Optuna, train trials with Ray Tune, record them in MLflow.
+
+    \b
+    SPACE_OR_PRESET is a name from `distill-study spaces` or the path of your own module.
+    Examples:
+      distill-study run quickstart
+      distill-study run alpha --trials 16 --seeds 2
+      distill-study run dkel_decay --gpus-per-trial 0.25 --address HEAD:6379 --tracking-uri http://HOST:5000
+      distill-study run alpha --resume
+    """
+    from studies.runner import StudyOptions, run_study
+
+    result = run_study(StudyOptions(space=space, **kwargs), say=click.echo)  # type: ignore[arg-type]
+    if result.status == "interrupted":
+        sys.exit(130)
+
+
+@click.command()
+def spaces() -> None:
+    """List the search spaces and presets, with their axes, objective and default sampler."""
+    found = list_spaces()
+    groups = [
+        ("spaces (one design axis each):", [s for s in found if s.is_axis], "summary"),
+        ("presets (a seed paper's setup; --dataset/--epochs to scale down):", [s for s in found if s.preset], "preset"),
+    ]  # fmt: skip
+    for title, group, what in groups:
+        click.echo(title)
+        for s in group:
+            metric, mode = s.objectives[0]
+            size = (
+                f"{s.grid_size + len(s.baselines)} grid points"
+                if s.sampler == "grid"
+                else f"{s.trials} trials"
+            )
+            seeds = f" x {s.seeds} seeds" if s.seeds > 1 else ""
+            click.echo(f"  {s.name:<17} {getattr(s, what)}")
+            click.echo(
+                f"  {'':<17} scientific {', '.join(s.scientific)} | nuisance {', '.join(s.nuisance) or '-'}"
+                f" | objective {metric} ({mode}) | {s.sampler}, {size}{seeds}"
+            )
+    click.echo(
+        "run one: distill-study run NAME (--smoke-test: a few seconds); write your own: docs/studies.md"
+    )

@@ -1,6 +1,6 @@
 """Training throughput (images/s) of registered models, fp32 vs bf16 autocast on CUDA.
 
-    .venv/bin/python benchmarks/throughput.py --models cnn_small resnet20 --device cpu
+.venv/bin/python benchmarks/throughput.py --models cnn_small resnet20 --device cpu
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ import torch.nn.functional as F
 from distill_core import build_model
 
 
-def images_per_second(name: str, device: torch.device, *, batch: int, size: int, channels: int, amp: bool, steps: int) -> float:
+def images_per_second(
+    name: str, device: torch.device, *, batch: int, size: int, channels: int, amp: bool, steps: int
+) -> float:
     torch.manual_seed(0)
     model = build_model(name, channels, 10, size).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -41,7 +43,9 @@ def images_per_second(name: str, device: torch.device, *, batch: int, size: int,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--models", nargs="+", default=["mlp", "cnn_small", "resnet20", "resnet18"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch", type=int, default=128)
@@ -52,9 +56,20 @@ def main() -> None:
     device = torch.device(args.device)
     print(f"device {device}, batch {args.batch}, {args.channels}x{args.size}x{args.size}")
     for name in args.models:
-        row = [f"{name:<10}", f"fp32 {images_per_second(name, device, batch=args.batch, size=args.size, channels=args.channels, amp=False, steps=args.steps):9.0f} img/s"]
+        row = [
+            f"{name:<10}",
+            f"fp32 {images_per_second(name, device, batch=args.batch, size=args.size, channels=args.channels, amp=False, steps=args.steps):9.0f} img/s",
+        ]
         if device.type == "cuda":
-            bf16 = images_per_second(name, device, batch=args.batch, size=args.size, channels=args.channels, amp=True, steps=args.steps)
+            bf16 = images_per_second(
+                name,
+                device,
+                batch=args.batch,
+                size=args.size,
+                channels=args.channels,
+                amp=True,
+                steps=args.steps,
+            )
             row.append(f"bf16 {bf16:9.0f} img/s")
         print("  ".join(row))
 

@@ -27,25 +27,49 @@ class Section(BaseModel):
 
 
 class DataConfig(Section):
-    name: str = Field("mnist5k", description="data set: mnist5k, digits, synthetic, fashion_mnist, cifar10, cifar100")
-    dir: str | None = Field(None, description="folder holding a torchvision-layout data set (fashion_mnist, cifar*)")
-    val_fraction: float = Field(0.1, ge=0.0, lt=0.9, description="share of the training set held out for validation (0: train on train+val)")
-    split_seed: int = Field(0, ge=0, description="seed of the train/val split; fixed across run seeds so that trials compare on one val set")
-    subset: int | None = Field(None, ge=10, description="use only this many training examples (smoke tests)")
-    augment: bool | None = Field(None, description="random crop + flip on the device; default: on for cifar10/cifar100")
+    name: str = Field(
+        "mnist5k",
+        description="data set: mnist5k, digits, synthetic, fashion_mnist, cifar10, cifar100",
+    )
+    dir: str | None = Field(
+        None, description="folder holding a torchvision-layout data set (fashion_mnist, cifar*)"
+    )
+    val_fraction: float = Field(
+        0.1,
+        ge=0.0,
+        lt=0.9,
+        description="share of the training set held out for validation (0: train on train+val)",
+    )
+    split_seed: int = Field(
+        0,
+        ge=0,
+        description="seed of the train/val split; fixed across run seeds so that trials compare on one val set",
+    )
+    subset: int | None = Field(
+        None, ge=10, description="use only this many training examples (smoke tests)"
+    )
+    augment: bool | None = Field(
+        None, description="random crop + flip on the device; default: on for cifar10/cifar100"
+    )
 
 
 class OptimConfig(Section):
     name: Literal["sgd", "adam", "adamw"] = Field("sgd", description="optimizer")
-    lr: float = Field(0.05, gt=0.0, le=10.0, description="learning rate (base lr of every schedule)")
+    lr: float = Field(
+        0.05, gt=0.0, le=10.0, description="learning rate (base lr of every schedule)"
+    )
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="sgd momentum")
     nesterov: bool = Field(False, description="sgd: Nesterov momentum")
-    weight_decay: float = Field(5e-4, ge=0.0, lt=1.0, description="L2 (sgd, adam) or decoupled (adamw) weight decay")
+    weight_decay: float = Field(
+        5e-4, ge=0.0, lt=1.0, description="L2 (sgd, adam) or decoupled (adamw) weight decay"
+    )
 
     @model_validator(mode="after")
     def _nesterov_needs_momentum(self) -> OptimConfig:
         if self.nesterov and (self.name != "sgd" or self.momentum == 0):
-            raise ValueError("nesterov needs optim.name=sgd and optim.momentum > 0; set optim.nesterov=false")
+            raise ValueError(
+                "nesterov needs optim.name=sgd and optim.momentum > 0; set optim.nesterov=false"
+            )
         return self
 
 
@@ -53,9 +77,15 @@ class ScheduleConfig(Section):
     name: Literal["constant", "step", "cosine", "onecycle", "linear"] = Field(
         "cosine", description="lr schedule; onecycle steps per batch, the others per epoch"
     )
-    max_lr: float | None = Field(None, gt=0.0, le=10.0, description="one-cycle peak lr (default: optim.lr)")
-    pct_start: float = Field(0.3, gt=0.0, lt=1.0, description="one-cycle: share of training spent rising to max_lr")
-    milestones: list[int] = Field(default_factory=list, description="step: epochs at which lr is multiplied by gamma")
+    max_lr: float | None = Field(
+        None, gt=0.0, le=10.0, description="one-cycle peak lr (default: optim.lr)"
+    )
+    pct_start: float = Field(
+        0.3, gt=0.0, lt=1.0, description="one-cycle: share of training spent rising to max_lr"
+    )
+    milestones: list[int] = Field(
+        default_factory=list, description="step: epochs at which lr is multiplied by gamma"
+    )
     gamma: float = Field(0.1, gt=0.0, le=1.0, description="step: lr factor at each milestone")
     warmup_epochs: int = Field(0, ge=0, description="cosine/linear: epochs of linear warm-up")
 
@@ -65,11 +95,20 @@ class ModelConfig(Section):
 
 
 class TeacherConfig(Section):
-    model: str = Field("resnet20", description="teacher architecture (used by kd, eskd, takd and init.interp_lambda)")
+    model: str = Field(
+        "resnet20",
+        description="teacher architecture (used by kd, eskd, takd and init.interp_lambda)",
+    )
     epochs: int = Field(5, ge=1, le=10_000, description="epochs the teacher is trained for")
-    epoch: int | None = Field(None, ge=1, description="which saved checkpoint to distil from (default: the last)")
-    save_epochs: list[int] | None = Field(None, description="epochs to keep checkpoints of (default: every epoch)")
-    seed: int = Field(0, ge=0, description="teacher's own seed, so that student seeds share one teacher")
+    epoch: int | None = Field(
+        None, ge=1, description="which saved checkpoint to distil from (default: the last)"
+    )
+    save_epochs: list[int] | None = Field(
+        None, description="epochs to keep checkpoints of (default: every epoch)"
+    )
+    seed: int = Field(
+        0, ge=0, description="teacher's own seed, so that student seeds share one teacher"
+    )
     batch_size: int = Field(128, ge=1, description="teacher training batch size")
     optim: OptimConfig = Field(default_factory=OptimConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
@@ -88,7 +127,9 @@ class TeacherConfig(Section):
         if self.save_epochs is not None:
             bad = [e for e in self.save_epochs if not 1 <= e <= self.epochs]
             if bad:
-                raise ValueError(f"teacher.save_epochs {bad} outside 1..teacher.epochs={self.epochs}; drop them or raise teacher.epochs")
+                raise ValueError(
+                    f"teacher.save_epochs {bad} outside 1..teacher.epochs={self.epochs}; drop them or raise teacher.epochs"
+                )
         if self.epoch is not None and self.epoch not in self.saved_epochs():
             raise ValueError(
                 f"teacher.epoch={self.epoch} is never saved (saved epochs: {_span(self.saved_epochs())}); "
@@ -99,13 +140,28 @@ class TeacherConfig(Section):
 
 class MethodConfig(Section):
     name: str = Field("scratch", description="scratch, kd, eskd, takd, dml, pcl, dkel")
-    alpha: float = Field(0.9, ge=0.0, le=1.0, description="weight of the distillation term; CE gets 1 - alpha")
-    temperature: float = Field(4.0, gt=0.0, le=100.0, description="softening temperature tau; the KL term is scaled by tau^2")
-    loss: Literal["kl", "mse"] = Field("kl", description="distillation term: KL on softened outputs, or MSE between logits")
-    weights: dict[str, float] | None = Field(None, description="explicit loss-term weights, e.g. {ce: 0.5, mse: 0.5}; overrides alpha")
+    alpha: float = Field(
+        0.9, ge=0.0, le=1.0, description="weight of the distillation term; CE gets 1 - alpha"
+    )
+    temperature: float = Field(
+        4.0,
+        gt=0.0,
+        le=100.0,
+        description="softening temperature tau; the KL term is scaled by tau^2",
+    )
+    loss: Literal["kl", "mse"] = Field(
+        "kl", description="distillation term: KL on softened outputs, or MSE between logits"
+    )
+    weights: dict[str, float] | None = Field(
+        None, description="explicit loss-term weights, e.g. {ce: 0.5, mse: 0.5}; overrides alpha"
+    )
     peers: int = Field(2, ge=1, le=16, description="dml/pcl/dkel: number of peer networks")
-    peer_models: list[str] | None = Field(None, description="dml: one architecture per peer (default: model.name for all)")
-    kd_stop_epoch: int | None = Field(None, ge=0, description="eskd: after this epoch the KD weight is 0")
+    peer_models: list[str] | None = Field(
+        None, description="dml: one architecture per peer (default: model.name for all)"
+    )
+    kd_stop_epoch: int | None = Field(
+        None, ge=0, description="eskd: after this epoch the KD weight is 0"
+    )
     ta_model: str | None = Field(None, description="takd: the teacher-assistant architecture")
 
     @model_validator(mode="after")
@@ -120,16 +176,38 @@ class MethodConfig(Section):
 
 
 class DKELConfig(Section):
-    beta: float = Field(0.1, ge=0.0, le=100.0, description="decay rate of the teacher-ensemble weight w(e) = exp(-beta*e)")
-    decay: Literal["exp", "cos", "linear"] = Field("exp", description="shape of the ensemble-weight decay over epochs")
-    ema_decay: float = Field(0.5, ge=0.0, lt=1.0, description="EMA teacher update: t = d*t + (1-d)*s (pcl and dkel)")
-    init_steps: int = Field(1, ge=0, le=10_000, description="dkel: CE steps taken by each EMA teacher after copying its student")
-    init_lr: float = Field(0.01, gt=0.0, le=10.0, description="dkel: learning rate of those CE steps")
+    beta: float = Field(
+        0.1,
+        ge=0.0,
+        le=100.0,
+        description="decay rate of the teacher-ensemble weight w(e) = exp(-beta*e)",
+    )
+    decay: Literal["exp", "cos", "linear"] = Field(
+        "exp", description="shape of the ensemble-weight decay over epochs"
+    )
+    ema_decay: float = Field(
+        0.5, ge=0.0, lt=1.0, description="EMA teacher update: t = d*t + (1-d)*s (pcl and dkel)"
+    )
+    init_steps: int = Field(
+        1,
+        ge=0,
+        le=10_000,
+        description="dkel: CE steps taken by each EMA teacher after copying its student",
+    )
+    init_lr: float = Field(
+        0.01, gt=0.0, le=10.0, description="dkel: learning rate of those CE steps"
+    )
 
 
 class InitConfig(Section):
-    interp_lambda: float | None = Field(None, ge=0.0, le=1.0, description="theta_s = lambda*theta_teacher + (1-lambda)*theta_random")
-    bn_batches: int = Field(20, ge=1, description="training batches used to re-estimate batch-norm statistics after interpolation")
+    interp_lambda: float | None = Field(
+        None, ge=0.0, le=1.0, description="theta_s = lambda*theta_teacher + (1-lambda)*theta_random"
+    )
+    bn_batches: int = Field(
+        20,
+        ge=1,
+        description="training batches used to re-estimate batch-norm statistics after interpolation",
+    )
 
 
 class RunConfig(Section):
@@ -139,12 +217,16 @@ class RunConfig(Section):
     seed: int = Field(0, ge=0, description="seed of initialisation, batch order and augmentation")
     device: str = Field("auto", description="auto (cuda if available), cpu, cuda, cuda:N")
     amp: bool = Field(False, description="bfloat16 autocast on CUDA")
-    teacher_store: str = Field("runs/teachers", description="folder of the teacher checkpoint store")
+    teacher_store: str = Field(
+        "runs/teachers", description="folder of the teacher checkpoint store"
+    )
 
     @model_validator(mode="after")
     def _device_known(self) -> RunConfig:
         if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
-            raise ValueError(f"run.device={self.device!r} is not a device; use auto, cpu, cuda or cuda:N")
+            raise ValueError(
+                f"run.device={self.device!r} is not a device; use auto, cpu, cuda or cuda:N"
+            )
         return self
 
 
@@ -175,19 +257,29 @@ class Config(Section):
             _known_model(self.teacher.model, "teacher.model")
         if m.name == "takd":
             if m.ta_model is None:
-                raise ValueError("method takd needs a teacher assistant; set method.ta_model (e.g. resnet20)")
+                raise ValueError(
+                    "method takd needs a teacher assistant; set method.ta_model (e.g. resnet20)"
+                )
             _known_model(m.ta_model, "method.ta_model")
         if m.name == "eskd" and m.kd_stop_epoch is None:
-            raise ValueError("method eskd needs method.kd_stop_epoch; set it to the epoch after which KD stops")
+            raise ValueError(
+                "method eskd needs method.kd_stop_epoch; set it to the epoch after which KD stops"
+            )
         if m.kd_stop_epoch is not None and m.kd_stop_epoch > self.run.epochs:
-            raise ValueError(f"method.kd_stop_epoch={m.kd_stop_epoch} is after run.epochs={self.run.epochs}; lower it")
+            raise ValueError(
+                f"method.kd_stop_epoch={m.kd_stop_epoch} is after run.epochs={self.run.epochs}; lower it"
+            )
         if m.name in PEER_METHODS and m.peers < 2:
             raise ValueError(f"method {m.name} needs at least 2 peers; set method.peers >= 2")
         if m.peer_models is not None:
             if m.name != "dml":
-                raise ValueError("method.peer_models is only used by dml; remove it or set method.name=dml")
+                raise ValueError(
+                    "method.peer_models is only used by dml; remove it or set method.name=dml"
+                )
             if len(m.peer_models) != m.peers:
-                raise ValueError(f"method.peer_models lists {len(m.peer_models)} models for method.peers={m.peers}; make them agree")
+                raise ValueError(
+                    f"method.peer_models lists {len(m.peer_models)} models for method.peers={m.peers}; make them agree"
+                )
             for name in m.peer_models:
                 _known_model(name, "method.peer_models")
         if self.init.interp_lambda is not None and self.teacher.model != self.model.name:
@@ -197,9 +289,13 @@ class Config(Section):
             )
         late = [e for e in self.schedule.milestones if not 0 < e < self.run.epochs]
         if late:
-            raise ValueError(f"schedule.milestones {late} outside 1..run.epochs-1={self.run.epochs - 1}; drop them")
+            raise ValueError(
+                f"schedule.milestones {late} outside 1..run.epochs-1={self.run.epochs - 1}; drop them"
+            )
         if self.schedule.warmup_epochs >= self.run.epochs and self.schedule.warmup_epochs > 0:
-            raise ValueError(f"schedule.warmup_epochs={self.schedule.warmup_epochs} must be below run.epochs={self.run.epochs}")
+            raise ValueError(
+                f"schedule.warmup_epochs={self.schedule.warmup_epochs} must be below run.epochs={self.run.epochs}"
+            )
         return self
 
     @property
@@ -225,7 +321,9 @@ def _known_model(name: str, key: str) -> None:
     from distill_core.models import MODELS
 
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; set {key} to one of: {', '.join(MODELS.names())}")
+        raise ValueError(
+            f"unknown model {name!r}; set {key} to one of: {', '.join(MODELS.names())}"
+        )
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -255,7 +353,9 @@ def apply_overrides(tree: dict[str, Any], overrides: dict[str, Any] | list[str])
         for item in overrides:
             key, sep, value = item.partition("=")
             if not sep or not key.strip():
-                raise ConfigError(f"--set {item!r} is not key=value; write e.g. --set method.alpha=0.5")
+                raise ConfigError(
+                    f"--set {item!r} is not key=value; write e.g. --set method.alpha=0.5"
+                )
             pairs[key.strip()] = parse_value(value)
         overrides = pairs
     tree = json.loads(json.dumps(tree))
@@ -271,7 +371,9 @@ def apply_overrides(tree: dict[str, Any], overrides: dict[str, Any] | list[str])
     return tree
 
 
-def make_config(tree: dict[str, Any] | None = None, overrides: dict[str, Any] | list[str] | None = None) -> Config:
+def make_config(
+    tree: dict[str, Any] | None = None, overrides: dict[str, Any] | list[str] | None = None
+) -> Config:
     """Validate a nested dict (plus dotted overrides) into a ``Config``; errors become one-line ``ConfigError``."""
     tree = apply_overrides(tree or {}, overrides or {})
     try:
@@ -284,13 +386,19 @@ def load_config(path: str | Path, overrides: dict[str, Any] | list[str] | None =
     """Read a YAML config file and apply dotted overrides."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist; pass an existing YAML file to --config")
+        raise ConfigError(
+            f"config file {path} does not exist; pass an existing YAML file to --config"
+        )
     try:
         tree = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML ({str(exc).splitlines()[0]}); fix the file") from None
+        raise ConfigError(
+            f"{path} is not valid YAML ({str(exc).splitlines()[0]}); fix the file"
+        ) from None
     if not isinstance(tree, dict):
-        raise ConfigError(f"{path} must hold a mapping of sections (data, model, method, ...), got {type(tree).__name__}")
+        raise ConfigError(
+            f"{path} must hold a mapping of sections (data, model, method, ...), got {type(tree).__name__}"
+        )
     return make_config(tree, overrides)
 
 
@@ -322,9 +430,13 @@ def _bounds(loc: list[str]) -> str:
     field = section.model_fields.get(loc[-1]) if section else None
     if field is None:
         return ""
-    limits = {k: getattr(m, k) for m in field.metadata for k in ("ge", "gt", "le", "lt") if hasattr(m, k)}
+    limits = {
+        k: getattr(m, k) for m in field.metadata for k in ("ge", "gt", "le", "lt") if hasattr(m, k)
+    }
     low = ("[", limits["ge"]) if "ge" in limits else ("(", limits["gt"]) if "gt" in limits else None
-    high = ("]", limits["le"]) if "le" in limits else (")", limits["lt"]) if "lt" in limits else None
+    high = (
+        ("]", limits["le"]) if "le" in limits else (")", limits["lt"]) if "lt" in limits else None
+    )
     if low and high:
         return f"in {low[0]}{low[1]}, {high[1]}{high[0]}"
     if low:
@@ -364,7 +476,11 @@ def reference() -> list[tuple[str, str, str, str]]:
                 continue
             default = field.get_default(call_default_factory=True)
             args = getattr(annotation, "__args__", ())
-            allowed = " \\| ".join(map(str, args)) if getattr(annotation, "__origin__", None) is Literal else ""
+            allowed = (
+                " \\| ".join(map(str, args))
+                if getattr(annotation, "__origin__", None) is Literal
+                else ""
+            )
             if not allowed:
                 allowed = _bounds(key.split("."))
             rows.append((key, json.dumps(default), allowed, field.description or ""))

@@ -50,7 +50,10 @@ class Splits:
         return int(self.train_x.shape[-1])
 
     def to(self, device: torch.device | str) -> Splits:
-        moved = {k: getattr(self, k).to(device) for k in ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y")}
+        moved = {
+            k: getattr(self, k).to(device)
+            for k in ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y")
+        }
         return replace(self, **moved)
 
 
@@ -146,7 +149,9 @@ def _digits(cfg: DataConfig) -> Arrays:
     from sklearn.datasets import load_digits
 
     d = load_digits()
-    return _holdout(d.images.reshape(-1, 1, 8, 8).astype(np.float32) / 16.0, d.target.astype(np.int64))
+    return _holdout(
+        d.images.reshape(-1, 1, 8, 8).astype(np.float32) / 16.0, d.target.astype(np.int64)
+    )
 
 
 @DATASETS.register("synthetic")
@@ -170,7 +175,9 @@ def _require(root: Path, files: list[str], name: str, how: str, gzipped_ok: bool
 
 def _data_dir(cfg: DataConfig) -> Path:
     if cfg.dir is None:
-        raise DataError(f"{cfg.name} reads files from disk; pass --data-dir DIR (or set data.dir) to its torchvision root folder")
+        raise DataError(
+            f"{cfg.name} reads files from disk; pass --data-dir DIR (or set data.dir) to its torchvision root folder"
+        )
     return Path(cfg.dir).expanduser()
 
 
@@ -193,9 +200,16 @@ def _read_idx(path: Path) -> np.ndarray:
 @DATASETS.register("fashion_mnist")
 def _fashion_mnist(cfg: DataConfig) -> Arrays:
     """Fashion-MNIST from ``DIR/FashionMNIST/raw/*-ubyte`` (torchvision.datasets.FashionMNIST's layout)."""
-    files = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+    files = [
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ]
     how = "fetch it once with torchvision.datasets.FashionMNIST(root=DIR, download=True) and pass --data-dir DIR"
-    raw = _require(_data_dir(cfg) / "FashionMNIST" / "raw", files, "fashion_mnist", how, gzipped_ok=True)
+    raw = _require(
+        _data_dir(cfg) / "FashionMNIST" / "raw", files, "fashion_mnist", how, gzipped_ok=True
+    )
     arrays = [_read_idx(raw / f) for f in files]
     tx, ty, vx, vy = arrays
     return (
@@ -213,7 +227,9 @@ def _read_cifar(folder: Path, files: list[str], label_key: bytes) -> tuple[np.nd
             with open(folder / f, "rb") as fh:
                 batch = pickle.load(fh, encoding="bytes")
         except (pickle.UnpicklingError, EOFError, ValueError) as exc:
-            raise DataError(f"{folder / f} is not a CIFAR pickle ({exc}); download the data set again") from None
+            raise DataError(
+                f"{folder / f} is not a CIFAR pickle ({exc}); download the data set again"
+            ) from None
         xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
         ys.append(np.asarray(batch[label_key], dtype=np.int64))
     return np.concatenate(xs).astype(np.float32) / 255.0, np.concatenate(ys)
@@ -224,7 +240,9 @@ def _cifar10(cfg: DataConfig) -> Arrays:
     """CIFAR-10 from ``DIR/cifar-10-batches-py`` (torchvision.datasets.CIFAR10's layout)."""
     train = [f"data_batch_{i}" for i in range(1, 6)]
     how = "fetch it once with torchvision.datasets.CIFAR10(root=DIR, download=True) and pass --data-dir DIR"
-    folder = _require(_data_dir(cfg) / "cifar-10-batches-py", [*train, "test_batch"], "cifar10", how)
+    folder = _require(
+        _data_dir(cfg) / "cifar-10-batches-py", [*train, "test_batch"], "cifar10", how
+    )
     return (*_read_cifar(folder, train, b"labels"), *_read_cifar(folder, ["test_batch"], b"labels"))
 
 
@@ -233,4 +251,7 @@ def _cifar100(cfg: DataConfig) -> Arrays:
     """CIFAR-100 (fine labels) from ``DIR/cifar-100-python`` (torchvision.datasets.CIFAR100's layout)."""
     how = "fetch it once with torchvision.datasets.CIFAR100(root=DIR, download=True) and pass --data-dir DIR"
     folder = _require(_data_dir(cfg) / "cifar-100-python", ["train", "test"], "cifar100", how)
-    return (*_read_cifar(folder, ["train"], b"fine_labels"), *_read_cifar(folder, ["test"], b"fine_labels"))
+    return (
+        *_read_cifar(folder, ["train"], b"fine_labels"),
+        *_read_cifar(folder, ["test"], b"fine_labels"),
+    )

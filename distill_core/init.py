@@ -15,7 +15,9 @@ def interpolate_(student: nn.Module, teacher: nn.Module, lam: float) -> None:
     Buffers (batch-norm statistics) are not interpolated: re-estimate them with ``reestimate_bn``.
     """
     s_params, t_params = dict(student.named_parameters()), dict(teacher.named_parameters())
-    if s_params.keys() != t_params.keys() or any(s_params[k].shape != t_params[k].shape for k in s_params):
+    if s_params.keys() != t_params.keys() or any(
+        s_params[k].shape != t_params[k].shape for k in s_params
+    ):
         raise ConfigError(
             f"cannot interpolate {type(student).__name__} with {type(teacher).__name__}: parameters differ; "
             "set model.name and teacher.model to the same architecture"

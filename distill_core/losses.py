@@ -24,18 +24,24 @@ def kd_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> t
 
 
 @LOSSES.register("ce")
-def _ce(student: torch.Tensor, y: torch.Tensor, teacher: torch.Tensor | None, temperature: float) -> torch.Tensor:
+def _ce(
+    student: torch.Tensor, y: torch.Tensor, teacher: torch.Tensor | None, temperature: float
+) -> torch.Tensor:
     return F.cross_entropy(student, y)
 
 
 @LOSSES.register("kl")
-def _kl(student: torch.Tensor, y: torch.Tensor, teacher: torch.Tensor | None, temperature: float) -> torch.Tensor:
+def _kl(
+    student: torch.Tensor, y: torch.Tensor, teacher: torch.Tensor | None, temperature: float
+) -> torch.Tensor:
     assert teacher is not None, "the kl term needs teacher logits"
     return kd_kl(student, teacher, temperature)
 
 
 @LOSSES.register("mse")
-def _mse(student: torch.Tensor, y: torch.Tensor, teacher: torch.Tensor | None, temperature: float) -> torch.Tensor:
+def _mse(
+    student: torch.Tensor, y: torch.Tensor, teacher: torch.Tensor | None, temperature: float
+) -> torch.Tensor:
     """Seed 001's variant: mean squared error between student and teacher logits."""
     assert teacher is not None, "the mse term needs teacher logits"
     return F.mse_loss(student, teacher)

@@ -10,9 +10,17 @@ from torch.optim import lr_scheduler
 from distill_core.config import OptimConfig, ScheduleConfig
 
 
-def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
+def build_optimizer(
+    params: Iterable[torch.nn.Parameter], cfg: OptimConfig
+) -> torch.optim.Optimizer:
     if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(
+            params,
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.nesterov,
+            weight_decay=cfg.weight_decay,
+        )
     if cfg.name == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -31,13 +39,19 @@ def build_schedule(
     if cfg.name == "constant":
         return lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0), False
     if cfg.name == "step":
-        return lr_scheduler.MultiStepLR(optimizer, milestones=cfg.milestones, gamma=cfg.gamma), False
+        return lr_scheduler.MultiStepLR(
+            optimizer, milestones=cfg.milestones, gamma=cfg.gamma
+        ), False
     w = cfg.warmup_epochs
     if cfg.name == "cosine":
         main: lr_scheduler.LRScheduler = lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs - w)
     else:
-        main = lr_scheduler.LinearLR(optimizer, start_factor=1.0, end_factor=1.0 / (epochs - w + 1), total_iters=epochs - w)
+        main = lr_scheduler.LinearLR(
+            optimizer, start_factor=1.0, end_factor=1.0 / (epochs - w + 1), total_iters=epochs - w
+        )
     if w == 0:
         return main, False
-    warmup = lr_scheduler.LinearLR(optimizer, start_factor=1.0 / (w + 1), end_factor=1.0, total_iters=w)
+    warmup = lr_scheduler.LinearLR(
+        optimizer, start_factor=1.0 / (w + 1), end_factor=1.0, total_iters=w
+    )
     return lr_scheduler.SequentialLR(optimizer, [warmup, main], milestones=[w]), False

@@ -25,7 +25,13 @@ from distill_core.errors import TeacherError
 from distill_core.models import build_model
 
 # Keys that do not change what a teacher learns, so they do not enter its hash.
-_NOT_HASHED = {("data", "dir"), ("run", "device"), ("run", "teacher_store"), ("run", "eval_batch_size"), ("run", "amp")}
+_NOT_HASHED = {
+    ("data", "dir"),
+    ("run", "device"),
+    ("run", "teacher_store"),
+    ("run", "eval_batch_size"),
+    ("run", "amp"),
+}
 
 
 def teacher_spec(cfg: Config) -> Config:
@@ -38,8 +44,14 @@ def teacher_spec(cfg: Config) -> Config:
             "method": {"name": "scratch"},
             "optim": t.optim.model_dump(),
             "schedule": t.schedule.model_dump(),
-            "run": {"epochs": t.epochs, "batch_size": t.batch_size, "seed": t.seed, "device": cfg.run.device,
-                    "teacher_store": cfg.run.teacher_store, "eval_batch_size": cfg.run.eval_batch_size},
+            "run": {
+                "epochs": t.epochs,
+                "batch_size": t.batch_size,
+                "seed": t.seed,
+                "device": cfg.run.device,
+                "teacher_store": cfg.run.teacher_store,
+                "eval_batch_size": cfg.run.eval_batch_size,
+            },
         }
     )
 
@@ -52,11 +64,23 @@ def assistant_spec(cfg: Config) -> Config:
             "data": cfg.data.model_dump(),
             "model": {"name": m.ta_model},
             "teacher": t.model_dump(),
-            "method": {"name": "kd", "alpha": m.alpha, "temperature": m.temperature, "loss": m.loss, "weights": m.weights},
+            "method": {
+                "name": "kd",
+                "alpha": m.alpha,
+                "temperature": m.temperature,
+                "loss": m.loss,
+                "weights": m.weights,
+            },
             "optim": t.optim.model_dump(),
             "schedule": t.schedule.model_dump(),
-            "run": {"epochs": t.epochs, "batch_size": t.batch_size, "seed": t.seed, "device": cfg.run.device,
-                    "teacher_store": cfg.run.teacher_store, "eval_batch_size": cfg.run.eval_batch_size},
+            "run": {
+                "epochs": t.epochs,
+                "batch_size": t.batch_size,
+                "seed": t.seed,
+                "device": cfg.run.device,
+                "teacher_store": cfg.run.teacher_store,
+                "eval_batch_size": cfg.run.eval_batch_size,
+            },
         }
     )
 
@@ -137,15 +161,23 @@ class TeacherStore:
             keep = set(save_epochs or range(1, spec.run.epochs + 1)) | {spec.run.epochs}
             saved: dict[str, dict[str, Any]] = {}
             say = log or (lambda _: None)
-            say(f"training {spec.model.name} teacher {folder.name} for {spec.run.epochs} epochs (stored for reuse)")
+            say(
+                f"training {spec.model.name} teacher {folder.name} for {spec.run.epochs} epochs (stored for reuse)"
+            )
 
             def save(report: Any) -> None:
-                say(f"  teacher epoch {report.epoch}: val_acc {report.metrics.get('val_acc', float('nan')):.4f}")
+                say(
+                    f"  teacher epoch {report.epoch}: val_acc {report.metrics.get('val_acc', float('nan')):.4f}"
+                )
                 if report.epoch in keep:
                     ckpt = folder / f"epoch_{report.epoch:04d}.pt"
                     weights = report.state()["method"]["nets"][0]
                     _atomic_write(ckpt, lambda tmp: torch.save(weights, tmp))
-                    saved[str(report.epoch)] = {"file": ckpt.name, "sha256": _sha256(ckpt), **report.metrics}
+                    saved[str(report.epoch)] = {
+                        "file": ckpt.name,
+                        "sha256": _sha256(ckpt),
+                        **report.metrics,
+                    }
 
             from distill_core.trainer import fit
 
@@ -159,7 +191,9 @@ class TeacherStore:
                 "final": result.final,
                 "config": spec.model_dump(mode="json"),
             }
-            _atomic_write(folder / "meta.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=1)))
+            _atomic_write(
+                folder / "meta.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=1))
+            )
             return meta
 
     def load(self, spec: Config, epoch: int, data: Splits, device: torch.device) -> nn.Module:
@@ -167,7 +201,9 @@ class TeacherStore:
         meta = self.meta(spec)
         folder = self.path(spec)
         if meta is None:
-            raise TeacherError(f"teacher {folder.name} is not in the store {self.root}; train it first (fit does this)")
+            raise TeacherError(
+                f"teacher {folder.name} is not in the store {self.root}; train it first (fit does this)"
+            )
         entry = meta["epochs"].get(str(epoch))
         if entry is None and meta["status"] == "diverged":
             saved = ", ".join(meta["epochs"]) or "none"
@@ -183,13 +219,19 @@ class TeacherStore:
             )
         ckpt = folder / entry["file"]
         if not ckpt.is_file() or _sha256(ckpt) != entry["sha256"]:
-            raise TeacherError(f"teacher checkpoint {ckpt} is missing or corrupted (checksum mismatch); delete {folder} to retrain it")
+            raise TeacherError(
+                f"teacher checkpoint {ckpt} is missing or corrupted (checksum mismatch); delete {folder} to retrain it"
+            )
         model = build_model(spec.model.name, data.in_channels, data.num_classes, data.image_size)
         model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
         return model.to(device).eval().requires_grad_(False)
 
     def teacher_for(
-        self, cfg: Config, data: Splits, device: torch.device, log: Callable[[str], None] | None = None
+        self,
+        cfg: Config,
+        data: Splits,
+        device: torch.device,
+        log: Callable[[str], None] | None = None,
     ) -> nn.Module:
         """The network ``cfg`` distils from (the TA for takd), training the chain once if needed."""
         model = None

@@ -59,7 +59,9 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
     """Logits of ``model`` in eval mode over ``x``, in batches, as float32."""
     was_training = model.training
     model.eval()
-    out = torch.cat([model(x[i : i + batch_size]).float() for i in range(0, max(len(x), 1), batch_size)])
+    out = torch.cat(
+        [model(x[i : i + batch_size]).float() for i in range(0, max(len(x), 1), batch_size)]
+    )
     model.train(was_training)
     return out
 
@@ -93,17 +95,26 @@ def fit(
     if cfg.init.interp_lambda is not None:
         assert teacher is not None
         interpolate_(method.nets[0], teacher, cfg.init.interp_lambda)
-        bn_batches = [x for x, _ in batches(data.train_x, data.train_y, cfg.run.batch_size, generator=generator)]
+        bn_batches = [
+            x
+            for x, _ in batches(data.train_x, data.train_y, cfg.run.batch_size, generator=generator)
+        ]
         reestimate_bn(method.nets[0], bn_batches[: cfg.init.bn_batches])
 
     steps_per_epoch = math.ceil(len(data.train_y) / cfg.run.batch_size)
     optimizers = [build_optimizer(net.parameters(), cfg.optim) for net in method.nets]
-    schedules = [build_schedule(o, cfg.schedule, epochs=cfg.run.epochs, steps_per_epoch=steps_per_epoch) for o in optimizers]
+    schedules = [
+        build_schedule(o, cfg.schedule, epochs=cfg.run.epochs, steps_per_epoch=steps_per_epoch)
+        for o in optimizers
+    ]
     per_step = schedules[0][1]
 
     teacher_logits = {}
     if teacher is not None:
-        teacher_logits = {split: predict(teacher, getattr(data, f"{split}_x"), cfg.run.eval_batch_size) for split in ("val", "test")}
+        teacher_logits = {
+            split: predict(teacher, getattr(data, f"{split}_x"), cfg.run.eval_batch_size)
+            for split in ("val", "test")
+        }
 
     history: list[dict[str, float]] = []
     start_epoch, crashed_epochs = 0, 0
@@ -138,7 +149,13 @@ def fit(
         lr = optimizers[0].param_groups[0]["lr"]
         method.train()
         losses = []
-        for x, y in batches(data.train_x, data.train_y, cfg.run.batch_size, generator=generator, augment=data.augment):
+        for x, y in batches(
+            data.train_x,
+            data.train_y,
+            cfg.run.batch_size,
+            generator=generator,
+            augment=data.augment,
+        ):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 losses.append(method.train_step(x, y, epoch, optimizers))
             if per_step:
@@ -153,21 +170,35 @@ def fit(
             return FitResult("diverged", history, {"train_loss": train_loss})
 
         metrics: dict[str, float] = {"train_loss": train_loss, "lr": lr}
-        metrics.update(evaluate(method, data, "val", teacher_logits.get("val"), cfg.run.eval_batch_size))
+        metrics.update(
+            evaluate(method, data, "val", teacher_logits.get("val"), cfg.run.eval_batch_size)
+        )
         if teacher is not None and "val_acc" in metrics:
             metrics["diff_t_s"] = metrics["teacher_val_acc"] - metrics["val_acc"]
-        flags = crash_flags(metrics, data.num_classes) if epoch + 1 > CRASH_WARMUP * cfg.run.epochs else {}
+        flags = (
+            crash_flags(metrics, data.num_classes)
+            if epoch + 1 > CRASH_WARMUP * cfg.run.epochs
+            else {}
+        )
         crashed = any(flags.values())
         crashed_epochs += crashed
         metrics.update({f"{name}crashed": float(flag) for name, flag in flags.items() if name})
-        metrics.update(crashed=float(crashed), crashed_epochs=float(crashed_epochs), epoch_time=time.perf_counter() - t0)
+        metrics.update(
+            crashed=float(crashed),
+            crashed_epochs=float(crashed_epochs),
+            epoch_time=time.perf_counter() - t0,
+        )
         history.append({"epoch": epoch + 1, **metrics})
         if on_epoch is not None:
             on_epoch(EpochReport(epoch + 1, metrics, lambda e=epoch + 1: state(e)))
 
     final = dict(history[-1])
     final.pop("epoch")
-    final.update(evaluate(method, data, "test", teacher_logits.get("test"), cfg.run.eval_batch_size, pick=final))
+    final.update(
+        evaluate(
+            method, data, "test", teacher_logits.get("test"), cfg.run.eval_batch_size, pick=final
+        )
+    )
     return FitResult("crashed" if final.get("crashed") else "completed", history, final)
 
 
@@ -193,7 +224,9 @@ def evaluate(
         out[f"teacher_{split}_acc"] = (teacher_logits.argmax(1) == y).float().mean().item()
     models = method.eval_models()
     per_model = {
-        name: classification_metrics(predict(model, x, batch_size), y, teacher_logits, prefix=f"{split}_")
+        name: classification_metrics(
+            predict(model, x, batch_size), y, teacher_logits, prefix=f"{split}_"
+        )
         for name, model in models.items()
     }
     if list(per_model) == [""]:

@@ -13,7 +13,16 @@ from typing import Any
 
 import click
 
-from distill_core import METHODS, Config, EpochReport, TeacherStore, UserError, fit, load_config, load_data
+from distill_core import (
+    METHODS,
+    Config,
+    EpochReport,
+    TeacherStore,
+    UserError,
+    fit,
+    load_config,
+    load_data,
+)
 
 
 class Group(click.Group):
@@ -27,15 +36,22 @@ class Group(click.Group):
             ctx.exit(2)
 
 
-@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(
+    cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
+)
 def main() -> None:
     """Hyperparameter studies for knowledge distillation.
 
     \b
-    train    one run from a YAML config (no Ray)
-    config   the default config and the reference of every key
-    methods  the registered training methods
-    teachers the teacher checkpoint store
+    train     one run from a YAML config (no Ray)
+    run       a study: Ray Tune trials sampled by Optuna, recorded in MLflow
+    spaces    the search spaces and presets, with their axes
+    report    plots and a Markdown report of a study
+    export    the best configs of a study as runnable YAML
+    ui        the MLflow UI over the study store
+    config    the default config and the reference of every key
+    methods   the registered training methods
+    teachers  the teacher checkpoint store
     """
     logging.getLogger("mlflow").setLevel(logging.WARNING)
 
@@ -43,7 +59,11 @@ def main() -> None:
 def epoch_line(report: EpochReport, epochs: int) -> str:
     """One progress line: loss, val accuracy, agreement with the teacher, lr, epoch time."""
     m = report.metrics
-    parts = [f"epoch {report.epoch:>3}/{epochs}", f"loss {m['train_loss']:.4f}", f"val_acc {m.get('val_acc', float('nan')):.4f}"]
+    parts = [
+        f"epoch {report.epoch:>3}/{epochs}",
+        f"loss {m['train_loss']:.4f}",
+        f"val_acc {m.get('val_acc', float('nan')):.4f}",
+    ]
     if "val_agreement" in m:
         parts.append(f"val_agreement {m['val_agreement']:.4f}")
     if "val_acc_mean" in m:
@@ -55,21 +75,64 @@ def epoch_line(report: EpochReport, epochs: int) -> str:
 
 
 def summary_lines(status: str, final: dict[str, float]) -> list[str]:
-    keys = ["val_acc", "val_nll", "val_ece", "val_agreement", "val_kl", "test_acc", "test_nll", "test_ece",
-            "test_agreement", "test_kl", "teacher_test_acc", "diff_t_s"]
+    keys = [
+        "val_acc",
+        "val_nll",
+        "val_ece",
+        "val_agreement",
+        "val_kl",
+        "test_acc",
+        "test_nll",
+        "test_ece",
+        "test_agreement",
+        "test_kl",
+        "teacher_test_acc",
+        "diff_t_s",
+    ]
     shown = [f"{k} {final[k]:.4f}" for k in keys if k in final]
     return [f"status: {status}", "  ".join(shown)]
 
 
 @main.command()
-@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False), help="YAML run config.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Dotted override, e.g. --set method.alpha=0.5 (repeatable).")
-@click.option("--device", default=None, help="cpu, cuda, cuda:N (default: run.device, auto = cuda if available).")
-@click.option("--data-dir", default=None, help="Folder of an on-disk data set (fashion_mnist, cifar10, cifar100): data.dir.")
-@click.option("--tracking-uri", default=None, help="MLflow tracking URI or store folder (default: ./runs/mlflow.db).")
+@click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="YAML run config.",
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Dotted override, e.g. --set method.alpha=0.5 (repeatable).",
+)
+@click.option(
+    "--device",
+    default=None,
+    help="cpu, cuda, cuda:N (default: run.device, auto = cuda if available).",
+)
+@click.option(
+    "--data-dir",
+    default=None,
+    help="Folder of an on-disk data set (fashion_mnist, cifar10, cifar100): data.dir.",
+)
+@click.option(
+    "--tracking-uri",
+    default=None,
+    help="MLflow tracking URI or store folder (default: ./runs/mlflow.db).",
+)
 @click.option("--no-tracking", is_flag=True, help="Do not record the run in MLflow.")
-@click.option("--experiment", default="train", show_default=True, help="MLflow experiment for the run.")
-@click.option("--json", "as_json", is_flag=True, help="Print the final result as one JSON object on stdout (progress goes to stderr).")
+@click.option(
+    "--experiment", default="train", show_default=True, help="MLflow experiment for the run."
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the final result as one JSON object on stdout (progress goes to stderr).",
+)
 def train(
     config_path: str,
     overrides: tuple[str, ...],
@@ -86,7 +149,10 @@ def train(
     Methods: scratch, kd, eskd, takd, dml, pcl, dkel (see `distill-study methods`).
     Example:  distill-study train --config examples/kd_mnist5k.yaml --set method.alpha=0.5
     """
-    extra = [*([f"run.device={device}"] if device else []), *([f"data.dir={data_dir}"] if data_dir else [])]
+    extra = [
+        *([f"run.device={device}"] if device else []),
+        *([f"data.dir={data_dir}"] if data_dir else []),
+    ]
     cfg = load_config(config_path, [*overrides, *extra])
     say = (lambda s: click.echo(s, err=True)) if as_json else click.echo
     data = load_data(cfg.data)  # a missing data set fails here, before anything is recorded
@@ -97,7 +163,9 @@ def train(
         # importing mlflow resets its loggers to INFO (undoing main()): keep its notes off stderr
         logging.getLogger("mlflow").setLevel(logging.WARNING)
         client = open_client(tracking_uri)
-        logger = RunLogger.start(client, get_or_create_experiment(client, experiment), cfg, tags={"kind": "train"})
+        logger = RunLogger.start(
+            client, get_or_create_experiment(client, experiment), cfg, tags={"kind": "train"}
+        )
         say(f"mlflow: run {logger.run_id} in experiment {experiment!r} at {client.tracking_uri}")
 
     def on_epoch(report: EpochReport) -> None:
@@ -122,12 +190,16 @@ def train(
         say(line)
     if as_json:
         out = {**result.to_dict(), "mlflow_run_id": logger.run_id if logger else None}
-        out["final"] = {k: v if math.isfinite(v) else None for k, v in result.final.items()}  # NaN is not JSON
+        out["final"] = {
+            k: v if math.isfinite(v) else None for k, v in result.final.items()
+        }  # NaN is not JSON
         click.echo(json.dumps(out))
 
 
 @main.command("config")
-@click.option("--markdown", is_flag=True, help="Print the config reference as a Markdown table instead.")
+@click.option(
+    "--markdown", is_flag=True, help="Print the config reference as a Markdown table instead."
+)
 def config_cmd(markdown: bool) -> None:
     """Print the default config as YAML (a starting point for --config), or the reference table."""
     from distill_core.config import reference, reference_markdown
@@ -162,19 +234,28 @@ def teachers() -> None:
 
 
 @teachers.command("list")
-@click.option("--store", default=Config().run.teacher_store, show_default=True, help="Teacher store folder (run.teacher_store).")
+@click.option(
+    "--store",
+    default=Config().run.teacher_store,
+    show_default=True,
+    help="Teacher store folder (run.teacher_store).",
+)
 def teachers_list(store: str) -> None:
     """Show stored teachers, their saved epochs and validation accuracy."""
     entries = TeacherStore(store).entries()
     if not entries:
         click.echo(f"no teachers in {TeacherStore(store).root}")
         return
-    click.echo(f"{'key':<28} {'method':<7} {'data':<13} {'epochs saved':<14} {'val_acc (last)':<14} status")
+    click.echo(
+        f"{'key':<28} {'method':<7} {'data':<13} {'epochs saved':<14} {'val_acc (last)':<14} status"
+    )
     for e in entries:
         epochs = sorted(map(int, e["epochs"]))
         span = f"{epochs[0]}..{epochs[-1]} ({len(epochs)})" if epochs else "-"
         acc = e["final"].get("val_acc", float("nan"))
-        click.echo(f"{e['key']:<28} {e['method']:<7} {e['config']['data']['name']:<13} {span:<14} {acc:<14.4f} {e['status']}")
+        click.echo(
+            f"{e['key']:<28} {e['method']:<7} {e['config']['data']['name']:<13} {span:<14} {acc:<14.4f} {e['status']}"
+        )
 
 
 # Commands defined next to the code they drive register themselves here, one line each.

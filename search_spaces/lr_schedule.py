@@ -9,15 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-BASE: dict[str, Any] = {
-    "data": {"name": "mnist5k"},
-    "model": {"name": "cnn_small"},
-    "teacher": {"model": "resnet20", "epochs": 5},
-    "method": {"name": "kd", "alpha": 0.9, "temperature": 4.0},
-    "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
-    "schedule": {"name": "cosine"},
-    "run": {"epochs": 10, "batch_size": 128},
-}
+from search_spaces._bases import kd_mnist5k
+
+BASE = kd_mnist5k()
 OBJECTIVE, MODE = "val_acc", "max"
 SCIENTIFIC = ["schedule.name", "optim.name"]
 NUISANCE = [

@@ -34,55 +34,46 @@ _NOT_HASHED = {
 }
 
 
+def _stage_spec(cfg: Config, model: str, method: dict[str, Any], teacher: bool) -> Config:
+    """A store entry's training config: ``cfg``'s data, the teacher's optimizer, schedule and length."""
+    t = cfg.teacher
+    tree = {
+        "data": cfg.data.model_dump(),
+        "model": {"name": model},
+        "method": method,
+        "optim": t.optim.model_dump(),
+        "schedule": t.schedule.model_dump(),
+        "run": {
+            "epochs": t.epochs,
+            "batch_size": t.batch_size,
+            "seed": t.seed,
+            "device": cfg.run.device,
+            "teacher_store": cfg.run.teacher_store,
+            "eval_batch_size": cfg.run.eval_batch_size,
+        },
+    }
+    if teacher:
+        tree["teacher"] = t.model_dump()
+    return make_config(tree)
+
+
 def teacher_spec(cfg: Config) -> Config:
     """The scratch-training config of ``cfg``'s teacher."""
-    t = cfg.teacher
-    return make_config(
-        {
-            "data": cfg.data.model_dump(),
-            "model": {"name": t.model},
-            "method": {"name": "scratch"},
-            "optim": t.optim.model_dump(),
-            "schedule": t.schedule.model_dump(),
-            "run": {
-                "epochs": t.epochs,
-                "batch_size": t.batch_size,
-                "seed": t.seed,
-                "device": cfg.run.device,
-                "teacher_store": cfg.run.teacher_store,
-                "eval_batch_size": cfg.run.eval_batch_size,
-            },
-        }
-    )
+    return _stage_spec(cfg, cfg.teacher.model, {"name": "scratch"}, teacher=False)
 
 
 def assistant_spec(cfg: Config) -> Config:
     """The KD-training config of ``cfg``'s teacher assistant (TAKD): distilled from the teacher."""
-    t, m = cfg.teacher, cfg.method
-    return make_config(
-        {
-            "data": cfg.data.model_dump(),
-            "model": {"name": m.ta_model},
-            "teacher": t.model_dump(),
-            "method": {
-                "name": "kd",
-                "alpha": m.alpha,
-                "temperature": m.temperature,
-                "loss": m.loss,
-                "weights": m.weights,
-            },
-            "optim": t.optim.model_dump(),
-            "schedule": t.schedule.model_dump(),
-            "run": {
-                "epochs": t.epochs,
-                "batch_size": t.batch_size,
-                "seed": t.seed,
-                "device": cfg.run.device,
-                "teacher_store": cfg.run.teacher_store,
-                "eval_batch_size": cfg.run.eval_batch_size,
-            },
-        }
-    )
+    m = cfg.method
+    kd = {
+        "name": "kd",
+        "alpha": m.alpha,
+        "temperature": m.temperature,
+        "loss": m.loss,
+        "weights": m.weights,
+    }
+    assert m.ta_model is not None
+    return _stage_spec(cfg, m.ta_model, kd, teacher=True)
 
 
 def required_teachers(cfg: Config) -> list[tuple[Config, int]]:

@@ -217,6 +217,12 @@ class RunConfig(Section):
     seed: int = Field(0, ge=0, description="seed of initialisation, batch order and augmentation")
     device: str = Field("auto", description="auto (cuda if available), cpu, cuda, cuda:N")
     amp: bool = Field(False, description="bfloat16 autocast on CUDA")
+    threads: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="torch CPU threads (default: torch's); results depend on it, so studies record it",
+    )
     teacher_store: str = Field(
         "runs/teachers", description="folder of the teacher checkpoint store"
     )

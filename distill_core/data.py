@@ -66,12 +66,18 @@ def load_data(cfg: DataConfig) -> Splits:
     val_idx, train_idx = order[:n_val], order[n_val:]
     if cfg.subset is not None:
         train_idx = train_idx[: cfg.subset]
-    x = torch.as_tensor(train_x, dtype=torch.float32)
-    mean = x[train_idx].mean(dim=(0, 2, 3), keepdim=True)
-    std = x[train_idx].std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+    x = np.asarray(train_x, dtype=np.float32)
+    # Statistics in float64 numpy: torch's reductions round differently with the thread count,
+    # and a trial must see exactly the data that a re-run of its exported config sees.
+    fit_x = x[train_idx]
+    mean = fit_x.mean(axis=(0, 2, 3), keepdims=True, dtype=np.float64).astype(np.float32)
+    std = fit_x.std(axis=(0, 2, 3), keepdims=True, dtype=np.float64, ddof=1).astype(np.float32)
+    std = np.maximum(std, np.float32(1e-6))
 
-    def norm(a: np.ndarray | torch.Tensor) -> torch.Tensor:
-        return ((torch.as_tensor(a, dtype=torch.float32) - mean) / std).contiguous()
+    def norm(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(
+            np.ascontiguousarray((np.asarray(a, dtype=np.float32) - mean) / std)
+        )
 
     def labels(a: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(np.asarray(a), dtype=torch.long)

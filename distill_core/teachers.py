@@ -31,6 +31,7 @@ _NOT_HASHED = {
     ("run", "teacher_store"),
     ("run", "eval_batch_size"),
     ("run", "amp"),
+    ("run", "threads"),
 }
 
 

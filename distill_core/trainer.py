@@ -84,6 +84,8 @@ def fit(
         log: where teacher training and other notes are printed (default: nowhere).
     """
     device = resolve_device(cfg.run.device)
+    if cfg.run.threads is not None:
+        torch.set_num_threads(cfg.run.threads)
     data = (data or load_data(cfg.data)).to(device)
     teacher = None
     if cfg.uses_teacher:  # may train the teacher first, so seed only afterwards

@@ -6,7 +6,6 @@ Every user mistake (``UserError``) is printed as one ``error:`` line and exits w
 from __future__ import annotations
 
 import json
-import logging
 import math
 import sys
 from typing import Any
@@ -53,7 +52,6 @@ def main() -> None:
     methods   the registered training methods
     teachers  the teacher checkpoint store
     """
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
 
 
 def epoch_line(report: EpochReport, epochs: int) -> str:
@@ -160,8 +158,6 @@ def train(
     if not no_tracking:
         from studies.tracking import RunLogger, get_or_create_experiment, open_client
 
-        # importing mlflow resets its loggers to INFO (undoing main()): keep its notes off stderr
-        logging.getLogger("mlflow").setLevel(logging.WARNING)
         client = open_client(tracking_uri)
         logger = RunLogger.start(
             client, get_or_create_experiment(client, experiment), cfg, tags={"kind": "train"}

@@ -567,10 +567,11 @@ def _plan(o: StudyOptions, space: SearchSpace, seeds: int, storage: Path) -> Pla
         cli["data.dir"] = str(Path(o.data_dir).expanduser().resolve())
     if o.epochs:
         cli["run.epochs"] = o.epochs
+    threads = max(1, int(o.cpus_per_trial))
+    cli["run.threads"] = threads  # recorded, so that an exported config re-runs bit for bit
     base = apply_overrides(apply_overrides(space.base, cli), list(o.overrides))
     first = base.get("run", {}).get("seed", Config().run.seed)
     smoke_epochs = (o.epochs or SMOKE_EPOCHS) if o.smoke_test else 0
-    threads = max(1, int(o.cpus_per_trial))
     objectives = tuple(m for m, _ in space.objectives)
     return Plan(base, tuple(range(first, first + seeds)), threads, objectives, smoke_epochs)
 

@@ -8,6 +8,7 @@ logged per epoch with ``step=epoch``; the resolved config is the ``config.yaml``
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -17,6 +18,9 @@ from mlflow.entities import Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
 
 from distill_core import Config, UserError
+
+# MLflow sets up its own INFO logging on import (database migrations etc.): keep the CLI quiet.
+logging.getLogger("mlflow").setLevel(logging.WARNING)
 
 DEFAULT_STORE = Path("runs")
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}

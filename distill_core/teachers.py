@@ -13,7 +13,7 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn as nn
@@ -77,13 +77,21 @@ def assistant_spec(cfg: Config) -> Config:
     return _stage_spec(cfg, m.ta_model, kd, teacher=True)
 
 
-def required_teachers(cfg: Config) -> list[tuple[Config, int]]:
-    """Every store entry ``cfg`` needs, in training order, with the epoch it loads."""
+class Requirement(NamedTuple):
+    """A store entry a run needs: its training config, the epoch loaded, the epochs it keeps."""
+
+    spec: Config
+    epoch: int
+    save_epochs: list[int] | None  # None: every epoch
+
+
+def required_teachers(cfg: Config) -> list[Requirement]:
+    """Every store entry ``cfg`` needs, in training order (teacher, then TA for takd)."""
     if not cfg.uses_teacher:
         return []
-    needed = [(teacher_spec(cfg), cfg.teacher.resolved_epoch)]
+    needed = [Requirement(teacher_spec(cfg), cfg.teacher.resolved_epoch, cfg.teacher.save_epochs)]
     if cfg.method.name == "takd":
-        needed.append((assistant_spec(cfg), cfg.teacher.epochs))
+        needed.append(Requirement(assistant_spec(cfg), cfg.teacher.epochs, None))
     return needed
 
 
@@ -227,8 +235,7 @@ class TeacherStore:
     ) -> nn.Module:
         """The network ``cfg`` distils from (the TA for takd), training the chain once if needed."""
         model = None
-        for spec, epoch in required_teachers(cfg):
-            save_epochs = cfg.teacher.save_epochs if spec.method.name == "scratch" else None
+        for spec, epoch, save_epochs in required_teachers(cfg):
             self.ensure(spec, save_epochs=save_epochs, data=data, log=log)
             model = self.load(spec, epoch, data, device)
         assert model is not None

@@ -8,6 +8,7 @@ report to ``on_epoch``. Test metrics are computed once, at the end, and never us
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import time
 from collections.abc import Callable
@@ -97,11 +98,10 @@ def fit(
     if cfg.init.interp_lambda is not None:
         assert teacher is not None
         interpolate_(method.nets[0], teacher, cfg.init.interp_lambda)
-        bn_batches = [
-            x
-            for x, _ in batches(data.train_x, data.train_y, cfg.run.batch_size, generator=generator)
-        ]
-        reestimate_bn(method.nets[0], bn_batches[: cfg.init.bn_batches])
+        shuffled = batches(data.train_x, data.train_y, cfg.run.batch_size, generator=generator)
+        reestimate_bn(
+            method.nets[0], [x for x, _ in itertools.islice(shuffled, cfg.init.bn_batches)]
+        )
 
     steps_per_epoch = math.ceil(len(data.train_y) / cfg.run.batch_size)
     optimizers = [build_optimizer(net.parameters(), cfg.optim) for net in method.nets]

@@ -783,9 +783,7 @@ def teacher_stages(
     stages: list[dict[str, tuple[Config, list[int] | None]]] = []
     for point in space.grid_points():
         cfg = plan.config(point, plan.seeds[0])
-        for stage, (spec, _epoch) in enumerate(required_teachers(cfg)):
-            # the same epochs as TeacherStore.teacher_for keeps
-            save = cfg.teacher.save_epochs if spec.method.name == "scratch" else None
+        for stage, (spec, _epoch, save) in enumerate(required_teachers(cfg)):
             if len(stages) <= stage:
                 stages.append({})
             stages[stage].setdefault(store_key(spec), (spec, save))

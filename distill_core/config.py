@@ -216,7 +216,18 @@ class RunConfig(Section):
     eval_batch_size: int = Field(1024, ge=1, description="batch size for evaluation")
     seed: int = Field(0, ge=0, description="seed of initialisation, batch order and augmentation")
     device: str = Field("auto", description="auto (cuda if available), cpu, cuda, cuda:N")
-    amp: bool = Field(False, description="bfloat16 autocast on CUDA")
+    amp: bool = Field(
+        False,
+        description="bfloat16 autocast of training steps (CUDA; CPUs with native bf16, e.g. AVX512-BF16 or AMX)",
+    )
+    channels_last: bool = Field(
+        True,
+        description="channels-last memory format for conv nets (faster on CPU, and on CUDA with amp)",
+    )
+    compile: bool = Field(
+        False,
+        description="torch.compile the trained networks (compiling takes a while; off by default, it does not pay on CPU)",
+    )
     threads: int | None = Field(
         None,
         ge=1,

@@ -11,6 +11,7 @@ import pickle
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -25,6 +26,7 @@ Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 DATASETS: Registry[Callable[[DataConfig], Arrays]] = Registry("data set", "data.name")
 AUGMENTED_BY_DEFAULT = {"cifar10", "cifar100"}
 EMBEDDED_TEST_FRACTION = 0.2
+CROP_PAD = 4  # CIFAR's random crop: 4 pixels of zero padding
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,7 @@ def load_data(cfg: DataConfig) -> Splits:
     num_classes = int(max(train_y.max(), test_y.max())) + 1
     return Splits(
         name=cfg.name,
-        train_x=norm(x[train_idx]),
+        train_x=norm(fit_x),
         train_y=labels(train_y[train_idx]),
         val_x=norm(x[val_idx]),
         val_y=labels(train_y[val_idx]),
@@ -96,6 +98,14 @@ def load_data(cfg: DataConfig) -> Splits:
     )
 
 
+class Batch(NamedTuple):
+    """A batch of images and labels, with their row indices in the tensors it was drawn from."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    index: torch.Tensor
+
+
 def batches(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -103,29 +113,41 @@ def batches(
     *,
     generator: torch.Generator | None = None,
     augment: bool = False,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Index batches over device tensors; shuffled (and augmented) when a generator is given."""
+) -> Iterator[Batch]:
+    """Index batches over device tensors; shuffled (and augmented) when a generator is given.
+
+    The epoch's random draws are made up front and moved to the device once: a per-batch
+    host-to-device copy would make every batch wait for the device.
+    """
     n = len(y)
     if generator is None:
         order = torch.arange(n, device=x.device)
     else:
         order = torch.randperm(n, generator=generator).to(x.device)
+    draws = None
+    if augment and generator is not None:
+        draws = crop_flip_draws(n, pad=CROP_PAD, generator=generator).to(x.device)
     for start in range(0, n, batch_size):
         idx = order[start : start + batch_size]
         xb = x[idx]
-        if augment and generator is not None:
-            xb = crop_flip(xb, pad=4, generator=generator)
-        yield xb, y[idx]
+        if draws is not None:
+            xb = crop_flip(xb, draws[:, start : start + batch_size], pad=CROP_PAD)
+        yield Batch(xb, y[idx], idx)
 
 
-def crop_flip(x: torch.Tensor, *, pad: int, generator: torch.Generator) -> torch.Tensor:
-    """Random crop with zero padding and random horizontal flip, per sample, on x's device."""
+def crop_flip_draws(n: int, *, pad: int, generator: torch.Generator) -> torch.Tensor:
+    """Random crop offsets and flips of ``n`` images as rows (row offset, column offset, flip)."""
+    offsets = torch.randint(0, 2 * pad + 1, (2, n), generator=generator)
+    flips = torch.randint(0, 2, (1, n), generator=generator)
+    return torch.cat([offsets, flips])
+
+
+def crop_flip(x: torch.Tensor, draws: torch.Tensor, *, pad: int) -> torch.Tensor:
+    """Crop each zero-padded image at its drawn offsets, and flip it horizontally if drawn so."""
     n, c, h, w = x.shape
-    offsets = torch.randint(0, 2 * pad + 1, (2, n), generator=generator).to(x.device)
-    flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
-    rows = offsets[0, :, None] + torch.arange(h, device=x.device)
-    cols = offsets[1, :, None] + torch.arange(w, device=x.device)
-    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    rows = draws[0, :, None] + torch.arange(h, device=x.device)
+    cols = draws[1, :, None] + torch.arange(w, device=x.device)
+    cols = torch.where(draws[2, :, None].bool(), cols.flip(1), cols)
     padded = F.pad(x, (pad, pad, pad, pad))
     n_idx = torch.arange(n, device=x.device)[:, None, None, None]
     c_idx = torch.arange(c, device=x.device)[None, :, None, None]
@@ -226,18 +248,39 @@ def _fashion_mnist(cfg: DataConfig) -> Arrays:
     )
 
 
+class _CifarUnpickler(pickle.Unpickler):
+    """Reads CIFAR's python batches, refusing every global but numpy's array rebuilders.
+
+    ``pickle.load`` calls whatever a file names, so a crafted "data set" could run any code.
+    """
+
+    ALLOWED = {
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+        ("_codecs", "encode"),  # bytes in protocol-2 pickles written by Python 3
+    }  # fmt: skip
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(
+                f"refused {module}.{name}: a CIFAR batch holds only arrays, lists and strings"
+            )
+        return super().find_class(module, name)
+
+
 def _read_cifar(folder: Path, files: list[str], label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
     xs, ys = [], []
     for f in files:
         try:
             with open(folder / f, "rb") as fh:
-                batch = pickle.load(fh, encoding="bytes")
-        except (pickle.UnpicklingError, EOFError, ValueError) as exc:
+                batch = _CifarUnpickler(fh, encoding="bytes").load()
+            xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            ys.append(np.asarray(batch[label_key], dtype=np.int64))
+        except (pickle.UnpicklingError, EOFError, ValueError, KeyError, TypeError) as exc:
             raise DataError(
                 f"{folder / f} is not a CIFAR pickle ({exc}); download the data set again"
             ) from None
-        xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        ys.append(np.asarray(batch[label_key], dtype=np.int64))
     return np.concatenate(xs).astype(np.float32) / 255.0, np.concatenate(ys)
 
 

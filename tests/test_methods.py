@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from distill_core.config import PEER_METHODS, TEACHER_METHODS, Config, load_config, make_config
-from distill_core.data import Splits, batches, load_data
+from distill_core.data import Batch, Splits, batches, load_data
 from distill_core.errors import ConfigError
 from distill_core.methods import METHODS, Method
 from distill_core.methods.dkel import ensemble_weight
@@ -51,6 +51,11 @@ def digits() -> Splits:
 def build(cfg: Config, data: Splits, teacher: nn.Module | None = None) -> Method:
     torch.manual_seed(cfg.run.seed)
     return METHODS.get(cfg.method.name)(cfg, data, CPU, teacher)
+
+
+def first(data: Splits, n: int) -> Batch:
+    """The first ``n`` training examples as a batch."""
+    return Batch(data.train_x[:n], data.train_y[:n], torch.arange(n))
 
 
 def sgd(method: Method, lr: float) -> list[torch.optim.Optimizer]:
@@ -106,8 +111,7 @@ def test_teachers_follow_students_by_ema_after_each_step(
     method = build(cfg, digits)
     before = [[p.clone() for p in t.parameters()] for t in method.teachers]
     counts = [t[1].num_batches_tracked.item() for t in method.teachers]
-    x, y = digits.train_x[:64], digits.train_y[:64]
-    method.train_step(x, y, 0, sgd(method, 0.1))
+    method.train_step(first(digits, 64), 0, sgd(method, 0.1))
     for t, s, old, count in zip(method.teachers, method.nets, before, counts, strict=True):
         for pt, ps, p0 in zip(t.parameters(), s.parameters(), old, strict=True):
             torch.testing.assert_close(pt, 0.7 * p0 + 0.3 * ps, rtol=0, atol=1e-6)
@@ -125,7 +129,7 @@ def test_decoupled_init_takes_the_given_sgd_steps(tmp_path: Path, digits: Splits
     generator = torch.Generator().manual_seed(cfg.run.seed)
     draws = batches(digits.train_x, digits.train_y, cfg.run.batch_size, generator=generator)
     for student, teacher in zip(method.nets, method.teachers, strict=True):
-        x, y = next(draws)
+        x, y, _ = next(draws)
         manual = copy.deepcopy(student)
         grads = torch.autograd.grad(F.cross_entropy(manual(x), y), list(manual.parameters()))
         gap = 0.0
@@ -168,7 +172,7 @@ def test_dml_two_peers_equals_hand_computation(tmp_path: Path, digits: Splits) -
     stale_loss1 = F.cross_entropy(z1, y) + kl_by_hand(z0.detach(), z1, 2.0)
     grads1 = torch.autograd.grad(loss1, list(net1.parameters()))
 
-    loss = method.train_step(x, y, 0, sgd(method, 0.1))
+    loss = method.train_step(first(digits, 32), 0, sgd(method, 0.1)).item()
     assert loss == pytest.approx((loss0.item() + loss1.item()) / 2, rel=1e-6)
     assert abs(loss1.item() - stale_loss1.item()) > 1e-4  # the in-turn update matters here
     for name, a, b in [("peer0", method.nets[0], net0)]:
@@ -181,7 +185,7 @@ def test_dml_two_peers_equals_hand_computation(tmp_path: Path, digits: Splits) -
 def test_dml_counts_each_batch_once_in_bn_statistics(tmp_path: Path, digits: Splits) -> None:
     cfg = config(tmp_path, **{"method.name": "dml", "method.peers": 3})
     method = build(cfg, digits)
-    method.train_step(digits.train_x[:64], digits.train_y[:64], 0, sgd(method, 0.1))
+    method.train_step(first(digits, 64), 0, sgd(method, 0.1))
     assert [net[1].num_batches_tracked.item() for net in method.nets] == [1, 1, 1]
 
 
@@ -207,10 +211,10 @@ def test_eskd_kd_weight_is_zero_after_the_stop_epoch(tmp_path: Path, digits: Spl
     method = build(cfg, digits, teacher=Forbidden())
     assert [method.kd_weights(e).get("kl", 0.0) for e in range(4)] == [0.9, 0.9, 0.0, 0.0]
     assert method.kd_weights(2) == {"ce": 1.0}
-    x, y = digits.train_x[:64], digits.train_y[:64]
+    batch = first(digits, 64)
     with torch.no_grad():
-        ce = F.cross_entropy(method.nets[0](x), y).item()
-    assert method.train_step(x, y, 2, sgd(method, 0.1)) == pytest.approx(ce, rel=1e-6)
+        ce = F.cross_entropy(method.nets[0](batch.x), batch.y).item()
+    assert method.train_step(batch, 2, sgd(method, 0.1)).item() == pytest.approx(ce, rel=1e-6)
 
 
 def test_takd_trains_the_assistant_once_across_runs(tmp_path: Path) -> None:
@@ -337,3 +341,47 @@ def test_resume_from_mid_training_matches_an_uninterrupted_run(name: str, tmp_pa
     assert len(resumed.history) == 3
     assert [timeless(h) for h in resumed.history] == [timeless(h) for h in whole.history]
     assert timeless(resumed.final) == timeless(whole.final)
+
+
+# --- speed: no waiting for the device within an epoch -----------------------------------------
+
+DEVICE_READS = ("item", "tolist", "__bool__", "__float__", "__int__")
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_training_steps_never_read_values_back_from_the_device(
+    name: str, store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a GPU each such read would wait for the queued work: the loop reads once per epoch."""
+    import distill_core.trainer as trainer
+
+    reads: list[str] = []
+    watching = {"on": False}
+
+    def counted(method_name: str) -> Any:
+        real = getattr(torch.Tensor, method_name)
+
+        def read(self: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            if watching["on"]:
+                reads.append(method_name)
+            return real(self, *args, **kwargs)
+
+        return read
+
+    real_batches = trainer.batches
+
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        for i, batch in enumerate(real_batches(*args, **kwargs)):
+            watching["on"] = i > 0  # the first step may fill a cache (kd's teacher logits)
+            yield batch
+        watching["on"] = False
+
+    for read_name in DEVICE_READS:
+        monkeypatch.setattr(torch.Tensor, read_name, counted(read_name))
+    monkeypatch.setattr(trainer, "batches", watched)
+    cfg = config(
+        store, **{"method.name": name, "method.ta_model": "mlp", "method.kd_stop_epoch": 1}
+    )
+    result = fit(cfg)
+    assert result.status == "completed" and len(result.history) == 2
+    assert reads == []

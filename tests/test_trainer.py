@@ -13,6 +13,7 @@ import torch
 import distill_core.trainer as trainer
 from distill_core import EpochReport, FitResult, fit, load_data, make_config
 from distill_core.config import Config, OptimConfig, ScheduleConfig
+from distill_core.data import Batch
 from distill_core.schedules import build_optimizer, build_schedule
 from distill_core.trainer import crash_flags
 
@@ -90,6 +91,7 @@ def test_optimizers_from_config(name: str, kind: type) -> None:
     opt = build_optimizer([param], OptimConfig(name=name, lr=0.02, weight_decay=0.01))
     assert type(opt) is kind
     assert opt.defaults["lr"] == 0.02 and opt.defaults["weight_decay"] == 0.01
+    assert opt.defaults["fused"] is True  # one kernel over all parameters (CPU and CUDA)
 
 
 def test_sgd_nesterov_and_momentum() -> None:
@@ -302,6 +304,62 @@ def test_state_holds_what_resume_needs(tmp_path: Path) -> None:
     assert not torch.equal(w1, w2)  # a snapshot per epoch, not a live reference
 
 
+def test_channels_last_changes_the_layout_not_the_run(tmp_path: Path) -> None:
+    cnn = {"data": {"name": "synthetic"}, "model": {"name": "cnn_small"}}
+    cfg = config(tmp_path, **cnn, method={"name": "kd"}, teacher={"model": "cnn_small"})
+    states: list[dict[str, Any]] = []
+    fast = fit(cfg, on_epoch=lambda r: states.append(r.state()))
+    conv = states[-1]["method"]["nets"][0]["4.weight"]  # 16 -> 32 channels
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    plain = fit(
+        config(
+            tmp_path,
+            **cnn,
+            method={"name": "kd"},
+            teacher={"model": "cnn_small"},
+            run={"channels_last": False},
+        )
+    )
+    for a, b in [*zip(fast.history, plain.history, strict=True), (fast.final, plain.final)]:
+        for key in a.keys() - {"epoch_time"}:
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-4), key
+
+
+def test_amp_trains_in_bfloat16_and_evaluates_in_float32(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from distill_core.methods import Method
+
+    seen: list[tuple[bool, torch.dtype]] = []
+    real_build = Method.build
+
+    def build(self: Method, name: str) -> torch.nn.Module:
+        net = real_build(self, name)
+        net[0].register_forward_hook(lambda m, i, out: seen.append((m.training, out.dtype)))
+        return net
+
+    monkeypatch.setattr(Method, "build", build)
+    cnn = {"data": {"name": "synthetic"}, "model": {"name": "cnn_small"}}
+    result = fit(config(tmp_path, **cnn, method={"name": "scratch"}, run={"amp": True}))
+    assert result.status == "completed" and result.final["val_acc"] > 0.5
+    assert {dtype for training, dtype in seen if training} == {torch.bfloat16}
+    assert {dtype for training, dtype in seen if not training} == {torch.float32}
+
+
+@pytest.mark.slow
+def test_compiled_networks_train_like_eager_ones_and_keep_their_state_keys(tmp_path: Path) -> None:
+    cnn = {"data": {"name": "synthetic"}, "model": {"name": "cnn_small"}}
+    runs, states = [], []
+    for compile in (True, False):
+        cfg = config(tmp_path, **cnn, method={"name": "scratch"}, run={"compile": compile})
+        runs.append(fit(cfg, on_epoch=lambda r: states.append(r.state())))
+    compiled, eager = runs
+    for a, b in [*zip(compiled.history, eager.history, strict=True), (compiled.final, eager.final)]:
+        for key in a.keys() - {"epoch_time"}:
+            assert a[key] == pytest.approx(b[key], rel=1e-3, abs=1e-3), key
+    assert states[0]["method"]["nets"][0].keys() == states[-1]["method"]["nets"][0].keys()
+
+
 def test_no_validation_split(tmp_path: Path) -> None:
     result = fit(config(tmp_path, method={"name": "scratch"}, data={"val_fraction": 0.0}))
     assert result.status == "completed"
@@ -336,10 +394,10 @@ def test_a_nan_loss_diverges_even_with_a_sane_config(
     real = Method.train_step
     calls = {"n": 0}
 
-    def poisoned(self: Method, *args: Any) -> float:
+    def poisoned(self: Method, *args: Any) -> torch.Tensor:
         calls["n"] += 1
         loss = real(self, *args)
-        return float("nan") if calls["n"] == 30 else loss  # in epoch 2 (21 batches per epoch)
+        return torch.tensor(float("nan")) if calls["n"] == 30 else loss  # epoch 2 (21 batches each)
 
     monkeypatch.setattr(Method, "train_step", poisoned)
     result = fit(config(tmp_path, method={"name": "scratch"}, run={"epochs": 3}))
@@ -410,14 +468,12 @@ def test_a_collapsed_network_is_flagged(tmp_path: Path, monkeypatch: pytest.Monk
     """Without scripting: a student whose last layer is zeroed predicts one class on balanced data."""
     from distill_core.methods import Method
 
-    def dead_step(
-        self: Method, x: torch.Tensor, y: torch.Tensor, epoch: int, optimizers: list
-    ) -> float:
+    def dead_step(self: Method, batch: Batch, epoch: int, optimizers: list) -> torch.Tensor:
         with torch.no_grad():
             for p in self.nets[0][-1].parameters():
                 p.zero_()
         optimizers[0].step()  # no gradients: a no-op, but schedules expect it
-        return 1.0
+        return torch.tensor(1.0)
 
     monkeypatch.setattr(Method, "train_step", dead_step)
     cfg = config(tmp_path, method={"name": "scratch"})

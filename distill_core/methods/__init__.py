@@ -2,6 +2,8 @@
 
 A method owns its trainable networks (``nets``, one optimizer each), does one training step
 (forward, loss, backward, optimizer step) and names the models to evaluate. The trainer does the rest.
+A step returns its loss as a detached tensor, not a float: reading the value would wait for the
+device on every batch, so the trainer reads the epoch's mean once.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ import torch
 import torch.nn as nn
 
 from distill_core.config import Config
-from distill_core.data import Splits
-from distill_core.models import build_model
+from distill_core.data import Batch, Splits
+from distill_core.models import build_model, speed_up
 from distill_core.registry import Registry
 
 
@@ -38,16 +40,17 @@ class Method:
 
     def build(self, name: str) -> nn.Module:
         """A fresh network of a registered architecture for this data set, on the device."""
-        d = self.data
-        return build_model(name, d.in_channels, d.num_classes, d.image_size).to(self.device)
+        d, run = self.data, self.cfg.run
+        net = build_model(name, d.in_channels, d.num_classes, d.image_size).to(self.device)
+        return speed_up(net, channels_last=run.channels_last, compile=run.compile)
 
     def train_step(
-        self, x: torch.Tensor, y: torch.Tensor, epoch: int, optimizers: list[torch.optim.Optimizer]
-    ) -> float:
-        """One optimisation step on a batch; returns the loss value. ``epoch`` counts from 0."""
-        loss = nn.functional.cross_entropy(self.nets[0](x), y)
+        self, batch: Batch, epoch: int, optimizers: list[torch.optim.Optimizer]
+    ) -> torch.Tensor:
+        """One optimisation step on a batch; returns the detached loss. ``epoch`` counts from 0."""
+        loss = nn.functional.cross_entropy(self.nets[0](batch.x), batch.y)
         step(optimizers[0], loss)
-        return loss.item()
+        return loss.detach()
 
     def eval_models(self) -> dict[str, nn.Module]:
         """Models to evaluate: ``{"": student}``, or ``{"peer0": ..., "peer1": ...}``."""

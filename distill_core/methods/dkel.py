@@ -35,9 +35,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from distill_core.data import Splits, batches
+from distill_core.data import Batch, Splits, batches
 from distill_core.methods import METHODS, step
 from distill_core.methods.pcl import PCL
+from distill_core.models import speed_up
 
 
 def ensemble_weight(decay: str, beta: float, epoch: int, epochs: int) -> float:
@@ -51,18 +52,15 @@ def ensemble_weight(decay: str, beta: float, epoch: int, epochs: int) -> float:
     raise ValueError(f"dkel.decay={decay!r} is unknown; use exp, cos or linear")
 
 
-def decoupled_init_(
-    teacher: nn.Module, draws: Iterable[tuple[torch.Tensor, torch.Tensor]], lr: float
-) -> None:
+def decoupled_init_(teacher: nn.Module, draws: Iterable[Batch], lr: float) -> None:
     """One plain SGD step of cross-entropy at ``lr`` per batch of ``draws``."""
     optimizer = torch.optim.SGD(teacher.parameters(), lr=lr)
-    for x, y in draws:
-        step(optimizer, F.cross_entropy(teacher(x), y))
+    for batch in draws:
+        step(optimizer, F.cross_entropy(teacher(batch.x), batch.y))
+    optimizer.zero_grad(set_to_none=True)  # the teacher is never trained by gradient again
 
 
-def _endless_batches(
-    data: Splits, batch_size: int, generator: torch.Generator
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def _endless_batches(data: Splits, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
     while True:
         yield from batches(
             data.train_x, data.train_y, batch_size, generator=generator, augment=data.augment
@@ -79,7 +77,11 @@ class DKEL(PCL):
         d = self.cfg.dkel
         generator = torch.Generator().manual_seed(self.cfg.run.seed)
         stream = _endless_batches(self.data, self.cfg.run.batch_size, generator)
-        teachers = [copy.deepcopy(student) for student in self.nets]
+        # A copy keeps the memory format but not the compilation (nn.Module drops it on copy).
+        teachers = [
+            speed_up(copy.deepcopy(student), channels_last=False, compile=self.cfg.run.compile)
+            for student in self.nets
+        ]
         for teacher in teachers:
             decoupled_init_(teacher, itertools.islice(stream, d.init_steps), d.init_lr)
         return teachers

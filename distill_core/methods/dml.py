@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from distill_core.data import Batch
 from distill_core.losses import kd_kl
 from distill_core.methods import METHODS, step
 from distill_core.methods.online import Peers, forward_keeping_stats
@@ -25,9 +26,10 @@ class DML(Peers):
     """Deep mutual learning: CE plus the mean KL to every other peer, peers updated in turn."""
 
     def train_step(
-        self, x: torch.Tensor, y: torch.Tensor, epoch: int, optimizers: list[torch.optim.Optimizer]
-    ) -> float:
+        self, batch: Batch, epoch: int, optimizers: list[torch.optim.Optimizer]
+    ) -> torch.Tensor:
         tau, m = self.cfg.method.temperature, len(self.nets)
+        x, y = batch.x, batch.y
         logits = [net(x) for net in self.nets]
         targets = [z.detach() for z in logits]
         losses = []
@@ -38,4 +40,4 @@ class DML(Peers):
             losses.append(loss.detach())
             if i < m - 1:  # the later peers learn from this peer's updated weights
                 targets[i] = forward_keeping_stats(net, x)
-        return torch.stack(losses).mean().item()
+        return torch.stack(losses).mean()

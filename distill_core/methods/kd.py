@@ -2,14 +2,22 @@
 
 Loss: ``sum_k w_k * term_k`` with ``w = {ce: 1 - alpha, kl|mse: alpha}`` (``losses.loss_weights``).
 TAKD differs only in where its teacher comes from (the teacher assistant, see ``teachers``).
+
+The teacher runs in eval mode. Without augmentation its logits on the training split are the same
+every epoch: they are computed once and looked up by the batch's indices (``teacher_logits``);
+with augmentation the teacher runs on every batch.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn as nn
 
+from distill_core.config import Config
+from distill_core.data import Batch, Splits
 from distill_core.losses import loss_weights, weighted_loss
 from distill_core.methods import METHODS, Method, step
+from distill_core.teacher_logits import train_logits
 
 
 @METHODS.register("kd")
@@ -21,23 +29,43 @@ class KD(Method):
 
     needs_teacher = True
 
+    def __init__(
+        self, cfg: Config, data: Splits, device: torch.device, teacher: nn.Module | None
+    ) -> None:
+        super().__init__(cfg, data, device, teacher)
+        assert teacher is not None
+        teacher.eval()  # cached and per-batch logits alike come from the eval-mode teacher
+        self._train_logits: torch.Tensor | None = None  # computed at the first KD step
+
     def kd_weights(self, epoch: int) -> dict[str, float]:
         """The loss-term weights in ``epoch`` (counted from 0)."""
         return loss_weights(self.cfg.method)
 
+    def uses_logit_cache(self) -> bool:
+        """Whether the teacher's training-split logits are computed once (no augmentation)."""
+        return not self.data.augment
+
+    def teacher_logits(self, batch: Batch) -> torch.Tensor:
+        """The teacher's logits on ``batch``: looked up in the cache, or computed on the batch."""
+        if self.uses_logit_cache():
+            if self._train_logits is None:
+                self._train_logits = train_logits(self.cfg, self.teacher, self.data)
+            return self._train_logits[batch.index]
+        with torch.inference_mode():
+            logits = self.teacher(batch.x)
+        return logits.clone()  # a normal tensor: the mse term saves its target for backward
+
     def train_step(
-        self, x: torch.Tensor, y: torch.Tensor, epoch: int, optimizers: list[torch.optim.Optimizer]
-    ) -> float:
-        assert self.teacher is not None
+        self, batch: Batch, epoch: int, optimizers: list[torch.optim.Optimizer]
+    ) -> torch.Tensor:
         weights = self.kd_weights(epoch)
         teacher_logits = None
         if any(w for name, w in weights.items() if name != "ce"):  # ESKD after its stop: no teacher
-            with torch.no_grad():
-                teacher_logits = self.teacher(x)
-        logits = self.nets[0](x)
-        loss = weighted_loss(weights, logits, y, teacher_logits, self.cfg.method.temperature)
+            teacher_logits = self.teacher_logits(batch)
+        logits = self.nets[0](batch.x)
+        loss = weighted_loss(weights, logits, batch.y, teacher_logits, self.cfg.method.temperature)
         step(optimizers[0], loss)
-        return loss.item()
+        return loss.detach()
 
 
 @METHODS.register("eskd")

@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from distill_core.config import Config
-from distill_core.data import Splits
+from distill_core.data import Batch, Splits
 from distill_core.losses import kd_kl
 from distill_core.methods import METHODS
 from distill_core.methods.online import Peers, ema_
@@ -55,9 +55,10 @@ class PCL(Peers):
         return 0.0
 
     def train_step(
-        self, x: torch.Tensor, y: torch.Tensor, epoch: int, optimizers: list[torch.optim.Optimizer]
-    ) -> float:
+        self, batch: Batch, epoch: int, optimizers: list[torch.optim.Optimizer]
+    ) -> torch.Tensor:
         tau = self.cfg.method.temperature
+        x, y = batch.x, batch.y
         logits = [net(x) for net in self.nets]
         with torch.no_grad():
             teacher_logits = [t(x) for t in self.teachers]
@@ -77,7 +78,7 @@ class PCL(Peers):
         for optimizer in optimizers:
             optimizer.step()
         ema_(self._teacher_params, self._student_params, self.cfg.dkel.ema_decay)
-        return total.mean().item()
+        return total.detach().mean()
 
     def eval_models(self) -> dict[str, nn.Module]:
         return {f"peer{i}": t for i, t in enumerate(self.teachers)}

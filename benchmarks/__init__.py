@@ -1,0 +1,1 @@
+"""Performance benchmarks (scripts, not timed tests): ``python -m benchmarks [--quick]``; docs/benchmarks.md."""

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from distill_core import UserError
+from distill_core.errors import require_writable
 
 TRACKING_HELP = "MLflow tracking URI or store folder (default: ./runs/mlflow.db)."
 
@@ -35,8 +36,10 @@ def report(study: str, tracking_uri: str | None, out: Path | None, force: bool) 
     from analysis.study import load_study
     from studies.tracking import open_client
 
+    out = out or Path("runs") / "reports" / study
+    require_writable(out, "pass a writable --out folder")
     loaded = load_study(open_client(tracking_uri), study)
-    files = write_report(loaded, out or Path("runs") / "reports" / study, force=force)
+    files = write_report(loaded, out, force=force)
     click.echo(f"report: {files[0]} and {len(files) - 1} plots")
     click.echo(
         f"logged to MLflow run {loaded.parent_run_id} under {ARTIFACT_DIR}/ (see distill-study ui)"
@@ -88,10 +91,10 @@ def export(
 
     if seeds is not None and not final:
         raise UserError("--seeds only applies to final runs; add --final or drop --seeds")
+    out = out or Path("runs") / "exports" / study
+    require_writable(out, "pass a writable --out folder")
     loaded = load_study(open_client(tracking_uri), study)
-    exported = export_configs(
-        loaded, top_k=top_k, out=out or Path("runs") / "exports" / study, force=force
-    )
+    exported = export_configs(loaded, top_k=top_k, out=out, force=force)
     for item in exported:
         click.echo(f"#{item.rank} {item.group}: {item.path}")
     if len(exported) < top_k:
@@ -123,7 +126,7 @@ def export(
     type=click.IntRange(1, 65535),
     default=5000,
     show_default=True,
-    help="Port; a busy one moves to the next free port.",
+    help="Port; a busy default moves to the next free port, a busy --port is an error.",
 )
 @click.option(
     "--host",
@@ -131,14 +134,17 @@ def export(
     show_default=True,
     help="Interface; 0.0.0.0 exposes the UI (no authentication).",
 )
-def ui(tracking_uri: str | None, store: str | None, port: int, host: str) -> None:
+@click.pass_context
+def ui(
+    ctx: click.Context, tracking_uri: str | None, store: str | None, port: int, host: str
+) -> None:
     """The MLflow UI over the study store, with one link per study; Ctrl-C stops it.
 
     \b
     Example:  distill-study ui            (then open the printed link)
     """
     from analysis.study import list_studies
-    from analysis.ui import serve
+    from analysis.ui import free_port, serve
     from studies.tracking import artifact_root, open_client
 
     if tracking_uri and store:
@@ -147,6 +153,8 @@ def ui(tracking_uri: str | None, store: str | None, port: int, host: str) -> Non
         raise UserError(
             f"{tracking_uri} is already a tracking server; open it in a browser instead of starting one"
         )
+    move_port = ctx.get_parameter_source("port") is click.core.ParameterSource.DEFAULT
+    free_port(host, port, move=move_port)  # a busy --port fails before the store is opened
     client = open_client(tracking_uri or store)
     uri = client.tracking_uri
     code = serve(
@@ -155,6 +163,7 @@ def ui(tracking_uri: str | None, store: str | None, port: int, host: str) -> Non
         list_studies(client),
         host=host,
         port=port,
+        move_port=move_port,
         say=lambda line: click.echo(line, err=line.startswith("warning")),
     )
     raise SystemExit(code)

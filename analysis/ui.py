@@ -22,6 +22,7 @@ from distill_core import UserError
 PORT_TRIES = 50
 START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 10.0
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def port_is_free(host: str, port: int) -> bool:
@@ -35,13 +36,33 @@ def port_is_free(host: str, port: int) -> bool:
     return True
 
 
-def free_port(host: str, port: int) -> int:
-    """``port`` if free, else the next free one above it."""
+def free_port(host: str, port: int, *, move: bool = True) -> int:
+    """``port`` if free, else (when ``move``) the next free one above it.
+
+    Raises:
+        UserError: ``port`` is busy and may not move, or no port near it is free.
+    """
+    if not move and not port_is_free(host, port):
+        raise UserError(
+            f"port {port} on {host} is busy (another server listens there); pass a free --port, "
+            "or drop --port to take the next free one"
+        )
     for candidate in range(port, min(port + PORT_TRIES, 65536)):
         if port_is_free(host, candidate):
             return candidate
     raise UserError(
         f"ports {port}..{port + PORT_TRIES - 1} on {host} are all busy; pass a free one with --port"
+    )
+
+
+def exposure_warning(host: str) -> str | None:
+    """The warning for serving beyond this machine: MLflow's UI has no authentication."""
+    if host in LOOPBACK:
+        return None
+    return (
+        f"warning: --host {host} serves the MLflow UI to other machines, and it has no authentication: "
+        "anyone who can reach this port can read and delete your runs; use --host 127.0.0.1 unless you trust "
+        "the network"
     )
 
 
@@ -81,9 +102,12 @@ def serve(
     *,
     host: str = "127.0.0.1",
     port: int = 5000,
+    move_port: bool = True,
     say: Callable[[str], None] = print,
 ) -> int:
     """Start the MLflow server, print the URL and one link per study, block until Ctrl-C.
+
+    A busy ``port`` moves to the next free one when ``move_port`` (the default port), else fails.
 
     Returns:
         The server's exit code (0 after Ctrl-C).
@@ -91,15 +115,12 @@ def serve(
     Raises:
         UserError: no free port, or the server exits before it answers.
     """
-    chosen = free_port(host, port)
+    chosen = free_port(host, port, move=move_port)
     if chosen != port:
         say(f"port {port} is busy; using {chosen} instead (pass --port to choose another)")
-    if host not in ("127.0.0.1", "localhost"):
-        say(
-            f"warning: --host {host} serves the MLflow UI to other machines, and it has no authentication: "
-            "anyone who can reach this port can read and delete your runs; use --host 127.0.0.1 unless you trust "
-            "the network"
-        )
+    warning = exposure_warning(host)
+    if warning:
+        say(warning)
     base = f"http://127.0.0.1:{chosen}"
     # Its own session, so that stopping it also stops the uvicorn workers MLflow starts.
     proc = subprocess.Popen(

@@ -8,10 +8,14 @@ SHA-256 checksum; a file lock makes concurrent requests train it once.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import pickle
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -21,7 +25,7 @@ from filelock import FileLock
 
 from distill_core.config import Config, make_config
 from distill_core.data import Splits
-from distill_core.errors import TeacherError
+from distill_core.errors import TeacherError, require_writable
 from distill_core.models import build_model
 
 # Keys that do not change what a teacher learns, so they do not enter its hash.
@@ -32,6 +36,8 @@ _NOT_HASHED = {
     ("run", "eval_batch_size"),
     ("run", "amp"),
     ("run", "threads"),
+    ("run", "channels_last"),
+    ("run", "compile"),
 }
 
 
@@ -110,15 +116,12 @@ def store_key(spec: Config) -> str:
     return f"{spec.model.name}-{hashlib.sha256(blob).hexdigest()[:12]}"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def _sha256(blob: bytes) -> str:
+    return hashlib.sha256(blob).hexdigest()
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write through a temp file and rename it: a reader (or a crash) never sees half a file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     os.close(fd)
     try:
@@ -130,7 +133,12 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
 
 class TeacherStore:
-    """A folder of trained teachers: ``<root>/<key>/epoch_NNNN.pt`` plus ``meta.json``."""
+    """A folder of trained teachers: ``<root>/<key>/epoch_NNNN.pt`` plus ``meta.json``.
+
+    ``meta.json`` is written last, so an entry without it (a run killed mid-training) is not
+    stored and is trained again from scratch. A checkpoint whose SHA-256 differs from the one in
+    ``meta.json`` is reported and its entry retrained; checkpoints load with ``weights_only=True``.
+    """
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).expanduser().resolve()
@@ -139,92 +147,163 @@ class TeacherStore:
         return self.root / store_key(spec)
 
     def meta(self, spec: Config) -> dict[str, Any] | None:
-        meta = self.path(spec) / "meta.json"
-        return json.loads(meta.read_text()) if meta.is_file() else None
+        """The entry's meta, or None when it is not (completely) stored."""
+        return _read_meta(self.path(spec) / "meta.json")
 
     def ensure(
         self,
         spec: Config,
         *,
         save_epochs: list[int] | None = None,
+        epoch: int | None = None,
         data: Splits | None = None,
         log: Callable[[str], None] | None = None,
     ) -> dict[str, Any]:
-        """Train ``spec`` unless stored (one process trains, others wait on the lock); return its meta."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        """Train ``spec`` unless stored (one process trains, others wait on the lock); return its meta.
+
+        With ``epoch``, that checkpoint must be stored: a corrupted one is reported and the entry
+        retrained; one never saved raises ``TeacherError``.
+        """
+        say = log or (lambda _: None)
         folder = self.path(spec)
-        with FileLock(str(folder) + ".lock"):
-            meta = self.meta(spec)
-            if meta is not None:
-                return meta
-            folder.mkdir(exist_ok=True)
-            keep = set(save_epochs or range(1, spec.run.epochs + 1)) | {spec.run.epochs}
-            saved: dict[str, dict[str, Any]] = {}
-            say = log or (lambda _: None)
-            say(
-                f"training {spec.model.name} teacher {folder.name} for {spec.run.epochs} epochs (stored for reuse)"
-            )
+        meta = self._intact(folder, epoch, warn=None)
+        if meta is None:
+            with self._locked(folder):
+                meta = self._intact(folder, epoch, warn=say)  # another process may have trained it
+                if meta is None:
+                    meta = self._train(spec, folder, save_epochs, data, log, say)
+        if epoch is not None:
+            _entry(meta, folder, epoch)
+        return meta
 
-            def save(report: Any) -> None:
-                say(
-                    f"  teacher epoch {report.epoch}: val_acc {report.metrics.get('val_acc', float('nan')):.4f}"
-                )
-                if report.epoch in keep:
-                    ckpt = folder / f"epoch_{report.epoch:04d}.pt"
-                    weights = report.state()["method"]["nets"][0]
-                    _atomic_write(ckpt, lambda tmp: torch.save(weights, tmp))
-                    saved[str(report.epoch)] = {
-                        "file": ckpt.name,
-                        "sha256": _sha256(ckpt),
-                        **report.metrics,
-                    }
+    @contextmanager
+    def _locked(self, folder: Path) -> Iterator[None]:
+        """Hold the entry's file lock (the OS releases it if this process dies)."""
+        lock = FileLock(str(folder) + ".lock")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            lock.acquire()
+        except OSError as exc:
+            raise TeacherError(
+                f"cannot write the teacher store {self.root} ({exc.strerror or exc}); "
+                "set run.teacher_store to a writable folder"
+            ) from None
+        try:
+            yield
+        finally:
+            lock.release()
 
-            from distill_core.trainer import fit
-
-            result = fit(spec, on_epoch=save, data=data, log=log)
-            meta = {
-                "key": folder.name,
-                "model": spec.model.name,
-                "method": spec.method.name,
-                "status": result.status,
-                "epochs": saved,
-                "final": result.final,
-                "config": spec.model_dump(mode="json"),
-            }
-            _atomic_write(
-                folder / "meta.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=1))
-            )
+    def _intact(
+        self, folder: Path, epoch: int | None, warn: Callable[[str], None] | None
+    ) -> dict[str, Any] | None:
+        """The stored meta if ``epoch``'s checkpoint (when saved) matches its checksum, else None."""
+        meta = _read_meta(folder / "meta.json")
+        if meta is None or epoch is None or str(epoch) not in meta["epochs"]:
             return meta
+        ckpt = folder / meta["epochs"][str(epoch)]["file"]
+        if _read_checked(ckpt, meta["epochs"][str(epoch)]["sha256"]) is not None:
+            return meta
+        if warn is not None:
+            warn(
+                f"warning: teacher checkpoint {ckpt} is missing or corrupted (checksum mismatch); "
+                f"retraining teacher {folder.name}"
+            )
+        return None
+
+    def _train(
+        self,
+        spec: Config,
+        folder: Path,
+        save_epochs: list[int] | None,
+        data: Splits | None,
+        log: Callable[[str], None] | None,
+        say: Callable[[str], None],
+    ) -> dict[str, Any]:
+        """Train the entry from scratch into ``folder`` (the caller holds its lock)."""
+        shutil.rmtree(folder, ignore_errors=True)  # what a killed run or a corrupted entry left
+        folder.mkdir()
+        keep = set(save_epochs or range(1, spec.run.epochs + 1)) | {spec.run.epochs}
+        saved: dict[str, dict[str, Any]] = {}
+        say(
+            f"training {spec.model.name} teacher {folder.name} for {spec.run.epochs} epochs (stored for reuse)"
+        )
+
+        def save(report: Any) -> None:
+            say(
+                f"  teacher epoch {report.epoch}: val_acc {report.metrics.get('val_acc', float('nan')):.4f}"
+            )
+            if report.epoch in keep:
+                ckpt = folder / f"epoch_{report.epoch:04d}.pt"
+                buffer = io.BytesIO()
+                torch.save(report.state()["method"]["nets"][0], buffer)
+                blob = buffer.getvalue()
+                atomic_write(ckpt, lambda tmp: tmp.write_bytes(blob))
+                saved[str(report.epoch)] = {
+                    "file": ckpt.name,
+                    "sha256": _sha256(blob),
+                    **report.metrics,
+                }
+
+        from distill_core.trainer import fit
+
+        result = fit(spec, on_epoch=save, data=data, log=log)
+        meta = {
+            "key": folder.name,
+            "model": spec.model.name,
+            "method": spec.method.name,
+            "status": result.status,
+            "epochs": saved,
+            "final": result.final,
+            "config": spec.model_dump(mode="json"),
+        }
+        atomic_write(folder / "meta.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=1)))
+        return meta
 
     def load(self, spec: Config, epoch: int, data: Splits, device: torch.device) -> nn.Module:
-        """The stored network of ``spec`` at ``epoch``, checksum-verified, in eval mode."""
+        """The stored network of ``spec`` at ``epoch``, checksum-verified, in eval mode.
+
+        Raises:
+            TeacherError: not stored, epoch never saved, checkpoint corrupted or not plain tensors.
+        """
         meta = self.meta(spec)
         folder = self.path(spec)
         if meta is None:
             raise TeacherError(
                 f"teacher {folder.name} is not in the store {self.root}; train it first (fit does this)"
             )
-        entry = meta["epochs"].get(str(epoch))
-        if entry is None and meta["status"] == "diverged":
-            saved = ", ".join(meta["epochs"]) or "none"
-            raise TeacherError(
-                f"teacher {folder.name} diverged (non-finite loss) before epoch {epoch} (saved: {saved}); "
-                "lower teacher.optim.lr (that trains a new teacher) or set teacher.epoch to a saved epoch"
-            )
-        if entry is None:
-            saved = ", ".join(meta["epochs"])
-            raise TeacherError(
-                f"teacher epoch {epoch} was never saved for {folder.name} (saved: {saved}); set teacher.epoch to "
-                f"one of those, or delete {folder} and add {epoch} to teacher.save_epochs to retrain it"
-            )
+        entry = _entry(meta, folder, epoch)
         ckpt = folder / entry["file"]
-        if not ckpt.is_file() or _sha256(ckpt) != entry["sha256"]:
+        blob = _read_checked(ckpt, entry["sha256"])
+        if blob is None:
             raise TeacherError(
-                f"teacher checkpoint {ckpt} is missing or corrupted (checksum mismatch); delete {folder} to retrain it"
+                f"teacher checkpoint {ckpt} is missing or corrupted (checksum mismatch); run again "
+                f"(fit retrains it) or delete {folder}"
             )
+        try:
+            weights = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError) as exc:
+            first = str(exc).strip().splitlines()[0][:160]
+            raise TeacherError(
+                f"teacher checkpoint {ckpt} is not plain tensors and was refused ({first}); "
+                f"delete {folder} to retrain it"
+            ) from None
         model = build_model(spec.model.name, data.in_channels, data.num_classes, data.image_size)
-        model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
+        model.load_state_dict(weights)
         return model.to(device).eval().requires_grad_(False)
+
+    def check(self, cfg: Config) -> None:
+        """Raise now, writing nothing, what ``fit`` would raise on the store for ``cfg``.
+
+        Raises:
+            TeacherError: a stored teacher never saved the epoch asked for, or diverged before it.
+            UserError: the store cannot be written and a teacher still has to be trained.
+        """
+        for spec, epoch, _ in required_teachers(cfg):
+            meta = self.meta(spec)
+            if meta is None:  # trained by fit, with any entry after it
+                require_writable(self.root, "set run.teacher_store to a writable folder")
+                return
+            _entry(meta, self.path(spec), epoch)
 
     def teacher_for(
         self,
@@ -234,15 +313,48 @@ class TeacherStore:
         log: Callable[[str], None] | None = None,
     ) -> nn.Module:
         """The network ``cfg`` distils from (the TA for takd), training the chain once if needed."""
-        model = None
-        for spec, epoch, save_epochs in required_teachers(cfg):
-            self.ensure(spec, save_epochs=save_epochs, data=data, log=log)
-            model = self.load(spec, epoch, data, device)
-        assert model is not None
-        return model
+        needed = required_teachers(cfg)
+        for spec, epoch, save_epochs in needed:
+            self.ensure(spec, save_epochs=save_epochs, epoch=epoch, data=data, log=log)
+        spec, epoch, _ = needed[-1]
+        return self.load(spec, epoch, data, device)
 
     def entries(self) -> list[dict[str, Any]]:
         """Meta of every stored teacher."""
-        if not self.root.is_dir():
-            return []
-        return [json.loads(p.read_text()) for p in sorted(self.root.glob("*/meta.json"))]
+        metas = (_read_meta(p) for p in sorted(self.root.glob("*/meta.json")))
+        return [m for m in metas if m is not None]
+
+
+def _read_meta(path: Path) -> dict[str, Any] | None:
+    """A ``meta.json``, or None when missing or unreadable (such an entry is retrained)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _read_checked(path: Path, sha256: str) -> bytes | None:
+    """The bytes of ``path`` if they match ``sha256``, else None (missing or corrupted)."""
+    try:
+        blob = path.read_bytes()
+    except OSError:
+        return None
+    return blob if _sha256(blob) == sha256 else None
+
+
+def _entry(meta: dict[str, Any], folder: Path, epoch: int) -> dict[str, Any]:
+    """The meta entry of a saved ``epoch``; TeacherError if it was never saved."""
+    entry = meta["epochs"].get(str(epoch))
+    if entry is None and meta["status"] == "diverged":
+        saved = ", ".join(meta["epochs"]) or "none"
+        raise TeacherError(
+            f"teacher {folder.name} diverged (non-finite loss) before epoch {epoch} (saved: {saved}); "
+            "lower teacher.optim.lr (that trains a new teacher) or set teacher.epoch to a saved epoch"
+        )
+    if entry is None:
+        saved = ", ".join(meta["epochs"])
+        raise TeacherError(
+            f"teacher epoch {epoch} was never saved for {folder.name} (saved: {saved}); set teacher.epoch to "
+            f"one of those, or delete {folder} and add {epoch} to teacher.save_epochs to retrain it"
+        )
+    return entry

@@ -25,14 +25,17 @@ from distill_core import (
 
 
 class Group(click.Group):
-    """A click group that turns ``UserError`` into one line on stderr and exit code 2."""
+    """A click group that turns ``UserError`` and bad options into one line on stderr and exit code 2."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except UserError as exc:
             click.echo(f"error: {exc}", err=True)
-            ctx.exit(2)
+        except click.UsageError as exc:  # click's own checks of options and arguments
+            where = exc.ctx.command_path if exc.ctx else ctx.command_path
+            click.echo(f"error: {exc.format_message().rstrip('.')} (see {where} --help)", err=True)
+        ctx.exit(2)
 
 
 @click.group(
@@ -153,7 +156,9 @@ def train(
     ]
     cfg = load_config(config_path, [*overrides, *extra])
     say = (lambda s: click.echo(s, err=True)) if as_json else click.echo
-    data = load_data(cfg.data)  # a missing data set fails here, before anything is recorded
+    # Bad data, a teacher epoch never saved and (below) an unreachable store fail before anything is written.
+    data = load_data(cfg.data)
+    TeacherStore(cfg.run.teacher_store).check(cfg)
     logger = None
     if not no_tracking:
         from studies.tracking import RunLogger, get_or_create_experiment, open_client

@@ -159,13 +159,27 @@ def load_space(name_or_path: str) -> SearchSpace:
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
         sys.modules[module_name] = module
-        spec.loader.exec_module(module)
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:  # the user's code: any error is theirs to fix
+            del sys.modules[module_name]
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise UserError(
+                f"search-space file {path} fails to import ({type(exc).__name__}: {first}); fix it "
+                f"(python {path} shows the traceback)"
+            ) from None
         return _validate(SearchSpace(path.stem, module, str(path.resolve())))
     axes = [n for n in sorted(registered) if load_space(n).is_axis]
     presets = [n for n in sorted(registered) if load_space(n).preset]
+    # A bare name never imports a user's file (from the cwd or sys.path): only a path given as such.
+    own = (
+        f"./{name_or_path}.py"
+        if Path(f"{name_or_path}.py").is_file()
+        else "the path of your own module"
+    )
     raise UserError(
         f"unknown search space or preset {name_or_path!r}; use one of: spaces {', '.join(axes)}; "
-        f"presets {', '.join(presets)}; or the path of your own module (see docs/studies.md)"
+        f"presets {', '.join(presets)}; or {own} (see docs/studies.md)"
     )
 
 

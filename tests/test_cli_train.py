@@ -214,6 +214,24 @@ def test_missing_config_file(in_tmp: Path) -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["train"], "error: Missing option '--config' (see main train --help)"),
+        (
+            ["train", "--config", "x.yaml", "--bogus"],
+            "error: No such option '--bogus' (see main train --help)",
+        ),
+        (["teachers", "lst"], "error: No such command 'lst'. Did you mean 'list'? (see main"),
+    ],
+)
+def test_usage_errors_are_one_line_too(in_tmp: Path, args: list[str], expected: str) -> None:
+    result = cli(*args)
+    assert result.exit_code == 2
+    (line,) = lines(result.output)
+    assert line.startswith(expected), line
+
+
 def test_teacher_epoch_missing_from_the_store_exits_2(in_tmp: Path) -> None:
     config = write_config(in_tmp, teacher={"epochs": 3, "save_epochs": [1]})
     assert (

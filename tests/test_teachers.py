@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 import torch
 
-from distill_core import TeacherError, fit, load_data, make_config
+from distill_core import TeacherError, UserError, fit, load_data, make_config
 from distill_core.config import Config, ConfigError
 from distill_core.teachers import TeacherStore, store_key, teacher_spec
 
@@ -56,8 +57,15 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def files(folder: Path) -> list[str]:
+    """The entry's files (not its folders, e.g. a logits cache), temp files included."""
+    return sorted(p.name for p in folder.iterdir() if p.is_file())
+
+
 def snapshot(folder: Path) -> dict[str, tuple[int, str]]:
-    return {p.name: (p.stat().st_mtime_ns, sha256(p)) for p in sorted(folder.iterdir())}
+    return {
+        name: ((folder / name).stat().st_mtime_ns, sha256(folder / name)) for name in files(folder)
+    }
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +89,7 @@ def test_teacher_is_trained_once_across_two_fits(tmp_path: Path) -> None:
     assert trained(lines) == 1
     (folder,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     assert folder.name == store_key(teacher_spec(cfg)) and folder.name.startswith("mlp-")
-    assert sorted(p.name for p in folder.iterdir()) == [
+    assert files(folder) == [
         "epoch_0001.pt",
         "epoch_0002.pt",
         "meta.json",
@@ -148,20 +156,53 @@ def flip_bytes(path: Path, at: int) -> None:
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "delete"])
-def test_corrupted_checkpoint_is_detected(store: Path, damage: str) -> None:
+def test_corrupted_checkpoint_is_reported_and_retrained(store: Path, damage: str) -> None:
     cfg = config(store)
-    run(cfg)  # loads fine before the damage
-    ckpt = TeacherStore(store).path(teacher_spec(cfg)) / "epoch_0002.pt"
+    spec = teacher_spec(cfg)
+    teachers = TeacherStore(store)
+    ckpt = teachers.path(spec) / "epoch_0002.pt"
+    good = sha256(ckpt)
     if damage == "flip":
         flip_bytes(ckpt, ckpt.stat().st_size // 2)
     elif damage == "truncate":
         ckpt.write_bytes(ckpt.read_bytes()[:-10])
     else:
         ckpt.unlink()
+    damaged = sha256(ckpt) if ckpt.exists() else None
+    # Loading it directly is refused ...
+    with pytest.raises(TeacherError, match="epoch_0002.pt is missing or corrupted"):
+        teachers.load(spec, 2, load_data(cfg.data), torch.device("cpu"))
+    # ... and a run reports it, retrains the entry and distils from the fresh checkpoint.
+    final, lines = run(cfg)
+    (warning,) = [line for line in lines if line.startswith("warning:")]
+    assert str(ckpt) in warning and "corrupted (checksum mismatch); retraining" in warning
+    assert trained(lines) == 1
+    meta = teachers.meta(spec)
+    assert meta is not None and sha256(ckpt) == meta["epochs"]["2"]["sha256"] != damaged
+    assert sha256(ckpt) == good  # training is deterministic: the checkpoint is as first written
+    assert final["teacher_val_acc"] == pytest.approx(meta["epochs"]["2"]["val_acc"], abs=1e-7)
+    assert trained(run(cfg)[1]) == 0  # repaired: not retrained again
+
+
+def test_unreadable_meta_is_retrained(store: Path) -> None:
+    cfg = config(store)
+    meta = TeacherStore(store).path(teacher_spec(cfg)) / "meta.json"
+    meta.write_text(meta.read_text()[:20])
+    _, lines = run(cfg)
+    assert trained(lines) == 1 and json.loads(meta.read_text())["status"] == "completed"
+
+
+def test_unwritable_store_is_a_user_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    cfg = config(blocker / "teachers")
+    with pytest.raises(UserError, match=r"is a file; set run.teacher_store to a writable folder"):
+        TeacherStore(cfg.run.teacher_store).check(cfg)
     with pytest.raises(
-        TeacherError, match="epoch_0002.pt is missing or corrupted .*delete .* to retrain"
+        TeacherError, match="cannot write the teacher store .*set run.teacher_store"
     ):
         run(cfg)
+    assert blocker.read_text() == "not a folder"
 
 
 def test_load_gives_a_frozen_network_in_eval_mode(store: Path) -> None:
@@ -229,10 +270,10 @@ import json, sys, time
 from pathlib import Path
 from distill_core import fit, make_config
 
-tree, markers, me = json.loads(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+tree, markers, me, n = json.loads(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 (markers / f"ready{me}").touch()
 deadline = time.time() + 60
-while len(list(markers.glob("ready*"))) < 2 and time.time() < deadline:  # start fit() together
+while len(list(markers.glob("ready*"))) < n and time.time() < deadline:  # start fit() together
     time.sleep(0.005)
 lines = []
 result = fit(make_config(tree), log=lines.append)
@@ -240,33 +281,96 @@ print(json.dumps({"log": lines, "final": result.final}))
 """
 
 
-def test_two_processes_train_the_teacher_once(tmp_path: Path) -> None:
+def spawn(script: Path, *args: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [PYTHON, str(script), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def test_three_processes_train_the_teacher_once(tmp_path: Path) -> None:
     store, markers = tmp_path / "store", tmp_path / "markers"
     markers.mkdir()
     script = tmp_path / "ask.py"
     script.write_text(CONCURRENT)
     spec = json.dumps(tree(store, epochs=4))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = [
-        subprocess.Popen(
-            [PYTHON, str(script), spec, str(markers), str(i)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        for i in range(2)
-    ]
-    outs = [p.communicate(timeout=120) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
+    procs = [spawn(script, spec, str(markers), str(i), "3") for i in range(3)]
+    outs = [p.communicate(timeout=180) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err[-2000:] for _, err in outs]
     results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
+    assert [trained(r["log"]) for r in results].count(1) == 1
     assert sum(trained(r["log"]) for r in results) == 1
-    assert results[0]["final"]["teacher_val_acc"] == results[1]["final"]["teacher_val_acc"]
+    assert len({r["final"]["teacher_val_acc"] for r in results}) == 1
     (folder,) = [p for p in store.iterdir() if p.is_dir()]
-    assert sorted(p.name for p in folder.iterdir()) == [
+    assert files(folder) == [
         *(f"epoch_{e:04d}.pt" for e in range(1, 5)),
         "meta.json",
     ]
+
+
+KILLED = """
+import json, sys, time
+from pathlib import Path
+from distill_core import make_config
+from distill_core.teachers import TeacherStore, teacher_spec
+
+cfg = make_config(json.loads(sys.argv[1]))
+
+def log(line):
+    print(line, flush=True)
+    if line.startswith("  teacher epoch 2:"):  # epoch 1 is saved, epoch 2 is about to be
+        time.sleep(600)
+
+TeacherStore(cfg.run.teacher_store).ensure(teacher_spec(cfg), log=log)
+"""
+
+
+def test_a_run_killed_mid_training_leaves_nothing_a_later_run_loads(tmp_path: Path) -> None:
+    from filelock import FileLock
+
+    store = tmp_path / "store"
+    cfg = config(store, epochs=3)
+    spec = teacher_spec(cfg)
+    folder = TeacherStore(store).path(spec)
+    script = tmp_path / "train.py"
+    script.write_text(KILLED)
+    proc = spawn(script, json.dumps(tree(store, epochs=3)))
+    try:
+        for line in proc.stdout:  # type: ignore[union-attr]
+            if line.startswith("  teacher epoch 2:"):
+                break
+        assert (folder / "epoch_0001.pt").is_file()
+    finally:
+        proc.kill()  # SIGKILL: no finally blocks, no cleanup
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    # What a kill inside torch.save leaves: a half-written temp file beside the finished ones.
+    (folder / ".epoch_0002.pt.k1ll3d").write_bytes(b"PK\x03\x04 half")
+    assert not (folder / "meta.json").exists()  # so the entry is not stored
+    assert TeacherStore(store).meta(spec) is None
+    with pytest.raises(TeacherError, match="is not in the store"):
+        TeacherStore(store).load(spec, 1, load_data(cfg.data), torch.device("cpu"))
+    lock = FileLock(str(folder) + ".lock")
+    lock.acquire(timeout=5)  # the OS released the dead process's lock
+    lock.release()
+
+    final, lines = run(cfg)
+    assert trained(lines) == 1  # trained again from scratch, not resumed from a dead run's files
+    meta = TeacherStore(store).meta(spec)
+    assert meta is not None and meta["status"] == "completed"
+    assert files(folder) == [
+        "epoch_0001.pt",
+        "epoch_0002.pt",
+        "epoch_0003.pt",
+        "meta.json",
+    ]
+    for entry in meta["epochs"].values():
+        assert sha256(folder / entry["file"]) == entry["sha256"]
+    assert final["teacher_val_acc"] == pytest.approx(meta["epochs"]["3"]["val_acc"], abs=1e-7)
 
 
 def test_a_diverged_teacher_is_reported_as_such(tmp_path: Path) -> None:

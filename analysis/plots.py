@@ -44,6 +44,7 @@ STATUS_COLORS = {
     "diverged": "tab:orange",
     "failed": "black",
     "running": "tab:olive",
+    "interrupted": "tab:brown",
 }
 
 

@@ -13,7 +13,7 @@ import pandas as pd
 
 from analysis import plots
 from analysis.outdir import prepare_out
-from analysis.study import TEST_METRICS, Study
+from analysis.study import BROKEN, TEST_METRICS, Study
 
 TOP_CONFIGS = 5
 ARTIFACT_DIR = "report"
@@ -43,7 +43,8 @@ def write_report(study: Study, out: Path, *, force: bool = False) -> list[Path]:
 
 
 def render(study: Study, groups: pd.DataFrame, drawn: list[plots.Plot]) -> str:
-    """The Markdown report: summary, reproducing command, top configs, plots, every config."""
+    """The Markdown report: summary, reproducing command, top configs, plots, failed runs and
+    every config."""
     runs = study.runs
     statuses = ", ".join(f"{n} {s}" for s, n in runs["status"].value_counts().items())
     ranked = groups[groups["rankable"]]
@@ -81,6 +82,7 @@ def render(study: Study, groups: pd.DataFrame, drawn: list[plots.Plot]) -> str:
         if plot.file:
             lines += [f"![{plot.title}]({plot.file})", ""]
         lines += [plot.sentence, ""]
+    lines += failures(study)
     lines += [
         "## All configs",
         "",
@@ -90,6 +92,40 @@ def render(study: Study, groups: pd.DataFrame, drawn: list[plots.Plot]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def failures(study: Study) -> list[str]:
+    """The "Failed runs" section: every failed or diverged run with its reason; abandoned runs."""
+    runs = study.runs[study.runs["status"].isin(BROKEN)]
+    lines = ["## Failed runs", ""]
+    if runs.empty:
+        lines.append("None failed or diverged.")
+    else:
+        lines += [
+            "Their configs are never ranked. A config or training error fails a trial at once (a "
+            "retry would fail the same way); a trial whose worker process died fails only after "
+            "`--max-failures` retries from its last checkpoint (tag `distill.retries`).",
+            "",
+            markdown_table(
+                pd.DataFrame(
+                    {
+                        "run": runs["run_name"],
+                        "config": runs["group"],
+                        "seed": runs["seed"],
+                        "status": runs["status"],
+                        "reason": runs["reason"].fillna("not recorded"),
+                    }
+                )
+            ),
+        ]
+    if study.abandoned:
+        lines += [
+            "",
+            f"Left out: {len(study.abandoned)} runs abandoned on resume (the driver stopped before "
+            f"Ray Tune saved their trials, so their configs were sampled again): "
+            f"{', '.join(study.abandoned)}.",
+        ]
+    return [*lines, ""]
 
 
 def table(study: Study, groups: pd.DataFrame) -> pd.DataFrame:

@@ -2,13 +2,15 @@
 
 Only MLflow is read, so a study run on another machine can be analysed from any client that
 reaches its tracking server. One row of ``Study.runs`` is one trial x seed (a child run tagged
-``distill.role=trial``); ``Study.groups()`` aggregates the seeds of each sampled config.
+``distill.role=trial``); ``Study.groups()`` aggregates the seeds of each sampled config. Runs that
+a resumed study abandoned (``distill.role=abandoned``: their trials were sampled again) are only
+named, in ``Study.abandoned``.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
@@ -25,6 +27,8 @@ FINISHED = ("completed", "crashed")
 BROKEN = ("diverged", "failed")
 TEST_METRICS = ("test_acc", "test_nll", "test_ece", "test_agreement", "test_kl")
 STUDY_FILTER = "tags.`distill.role` = 'study'"
+#: Why a run failed, diverged or was abandoned; a diverged run carries no tag.
+DIVERGED_REASON = "non-finite training loss"
 
 
 def list_studies(client: MlflowClient) -> dict[str, str]:
@@ -51,9 +55,10 @@ class Study:
     experiment_id: str
     parent_run_id: str
     tags: dict[str, str]
-    # Columns: run_id, run_name, trial_id, group, seed, status, params.*, metrics.*.
+    # Columns: run_id, run_name, trial_id, group, seed, status, reason, params.*, metrics.*.
     runs: pd.DataFrame
     client: MlflowClient
+    abandoned: list[str] = field(default_factory=list)  # run names
 
     @property
     def objective(self) -> str:
@@ -185,11 +190,10 @@ def load_study(client: MlflowClient, name: str) -> Study:
         for c, v in parent.items()
         if c.startswith("tags.") and isinstance(v, str)
     }
-    children = mlflow.search_runs(
-        [exp.experiment_id],
-        f"tags.`mlflow.parentRunId` = '{parent['run_id']}' and tags.`distill.role` = 'trial'",
-    )
-    runs = _tidy(children)
+    children = f"tags.`mlflow.parentRunId` = '{parent['run_id']}' and tags.`distill.role` = "
+    runs = _tidy(mlflow.search_runs([exp.experiment_id], children + "'trial'"))
+    abandoned = mlflow.search_runs([exp.experiment_id], children + "'abandoned'")
+    names = sorted(abandoned["tags.mlflow.runName"]) if len(abandoned) else []
     if not runs["status"].isin(FINISHED).any():
         counts = (
             ", ".join(f"{n} {s}" for s, n in runs["status"].value_counts().items())
@@ -199,7 +203,7 @@ def load_study(client: MlflowClient, name: str) -> Study:
             f"study {name!r} has no finished trials yet ({counts}); wait until one completes, "
             f"or resume it with its command plus --resume"
         )
-    return Study(name, exp.experiment_id, parent["run_id"], tags, runs, client)
+    return Study(name, exp.experiment_id, parent["run_id"], tags, runs, client, names)
 
 
 def _tidy(children: pd.DataFrame) -> pd.DataFrame:
@@ -211,6 +215,7 @@ def _tidy(children: pd.DataFrame) -> pd.DataFrame:
         "tags.distill.group": "group",
         "tags.seed": "seed",
         "tags.status": "status",
+        "tags.distill.failure_reason": "reason",
     }
     # MLflow's own run status (FINISHED, FAILED) would clash with the layout's status tag.
     runs = children.rename(columns={"status": "mlflow_status"})
@@ -220,6 +225,7 @@ def _tidy(children: pd.DataFrame) -> pd.DataFrame:
     runs[list(named.values())] = runs[list(named.values())].astype(object)
     runs["group"] = runs["group"].fillna(runs["trial_id"]).fillna(runs["run_id"])
     runs["status"] = runs["status"].fillna("running")
+    runs["reason"] = runs["reason"].where(runs["status"] != "diverged", DIVERGED_REASON)
     order = runs["start_time"] if "start_time" in runs else runs.index
     return (
         runs.assign(_order=order)

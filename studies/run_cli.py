@@ -66,6 +66,13 @@ from studies.spaces import SAMPLERS, SCHEDULERS, list_spaces
     help="At most this many trials at once (default: as resources allow).",
 )
 @click.option(
+    "--max-failures",
+    type=int,
+    default=2,
+    show_default=True,
+    help="Retries of a trial whose worker died (from its last checkpoint); config errors are not retried.",
+)
+@click.option(
     "--address",
     default=None,
     help="Join this Ray cluster (HOST:6379) instead of starting a local Ray.",

@@ -7,9 +7,15 @@
 2. load the data set once and put it in Ray's object store (trials on a node share one copy);
 3. train every teacher (and TA) the space can ask for, once, as parallel Ray tasks;
 4. ``Tuner.fit`` (or ``Tuner.restore``): each trial runs its seeds in lock-step and reports
-   every epoch with a checkpoint; ``StudyTracker``, a driver-side callback, is the only process
-   that writes to MLflow (SQLite allows one writer), and it also sees early-stopped trials;
+   every epoch with a checkpoint; ``StudyTracker`` (studies/tracker.py), a driver-side callback,
+   is the only process that writes to MLflow (SQLite allows one writer), and it also sees
+   early-stopped trials;
 5. print the best config (selected on validation, with its test metrics).
+
+Faults: a trial whose config or training raises (``DETERMINISTIC``) ends as ``failed`` with its
+reason and the study goes on; any other error (a worker process that died, a lost node) is retried
+from the trial's last checkpoint up to ``--max-failures`` times; ``--resume`` continues a study
+whose driver stopped, even by SIGKILL (README, "Fault tolerance").
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import ray
@@ -37,9 +44,11 @@ from ray import tune
 
 from distill_core import Config, FitResult, Splits, UserError, fit, load_data, make_config
 from distill_core.config import DataConfig, apply_overrides
+from distill_core.errors import require_writable
 from distill_core.teachers import TeacherStore, required_teachers, store_key
 from studies import tracking
 from studies.spaces import SAMPLERS, SCHEDULERS, SearchSpace, load_space
+from studies.tracker import StudyTracker, failure_reason, short
 
 __all__ = ["StudyOptions", "StudyResult", "run_study"]
 
@@ -47,6 +56,10 @@ STUDY_FILE = "distill_study.json"
 SAMPLER_SEED = 0  # fixed, so that a study's sequence of configs is reproducible
 SMOKE_TRIALS = 3
 SMOKE_EPOCHS = 2
+MAX_FAILURES = 2
+#: Errors of a trial's own config or training (ConfigError, DataError, a shape mismatch, CUDA out
+#: of memory, ...): a retry would fail the same way, so the trial ends as ``failed`` at once.
+DETERMINISTIC = (UserError, ValueError, RuntimeError)
 
 
 @dataclass(frozen=True)
@@ -64,6 +77,7 @@ class StudyOptions:
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
     max_concurrent: int | None = None
+    max_failures: int = MAX_FAILURES
     address: str | None = None
     tracking_uri: str | None = None
     storage: str = "runs/studies"
@@ -80,7 +94,8 @@ class StudyOptions:
             ("--data-dir", self.data_dir), ("--seeds", self.seeds), ("--sampler", self.sampler),
             ("--scheduler", self.scheduler), ("--cpus-per-trial", self.cpus_per_trial),
             ("--gpus-per-trial", self.gpus_per_trial or None), ("--max-concurrent", self.max_concurrent),
-            ("--tracking-uri", self.tracking_uri), ("--storage", self.storage),
+            ("--max-failures", self.max_failures), ("--tracking-uri", _without_password(self.tracking_uri)),
+            ("--storage", self.storage),
         ]:  # fmt: skip
             if value is not None:
                 args += [flag, str(value)]
@@ -88,6 +103,18 @@ class StudyOptions:
         for item in self.overrides:
             args += ["--set", item]
         return shlex.join(args)
+
+
+def _without_password(uri: str | None) -> str | None:
+    """``uri`` with any ``user:password@`` removed, so that the recorded command holds no secret."""
+    if uri is None:
+        return None
+    parts = urlsplit(uri)
+    if parts.password is None and parts.username is None:
+        return uri
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,9 +246,12 @@ class _SeedThread:
             raise _Stop
 
     def next(self) -> tuple[str, Any]:
+        """The next event: ``epoch`` (a report), ``done`` (the result) or ``failed`` (the error)."""
         kind, payload = self.events.get()
         if kind == "error":
-            raise payload
+            if not isinstance(payload, DETERMINISTIC):
+                raise payload  # the trial fails and Ray retries it
+            kind = "failed"
         return kind, payload
 
     def go(self) -> None:
@@ -234,7 +264,11 @@ class _SeedThread:
         self._thread.join()
 
 
-def _ended(result: FitResult) -> dict[str, Any]:
+def _ended(kind: str, payload: Any, epoch: int) -> dict[str, Any]:
+    """A seed's end from its thread's last event: its ``FitResult``, or the error it failed with."""
+    if kind == "failed":
+        return {"status": "failed", "final": {}, "epochs": epoch, "reason": failure_reason(payload)}
+    result: FitResult = payload
     return {"status": result.status, "final": result.final, "epochs": len(result.history)}
 
 
@@ -247,7 +281,7 @@ def _means(rows: list[dict[str, float]]) -> dict[str, float]:
 def _row(
     reports: dict[int, Any],
     now_ended: dict[int, dict[str, Any]],
-    diverged: bool,
+    broken: bool,
     objectives: tuple[str, ...],
 ) -> dict[str, Any]:
     """One Tune report: seed means at top level, each seed's epoch (and end) under ``seeds``."""
@@ -258,7 +292,7 @@ def _row(
     row.update(
         _means([e["final"] for e in now_ended.values() if e["status"] in ("completed", "crashed")])
     )
-    if diverged:  # one diverged seed fails the config (NaN: a failed trial for Optuna)
+    if broken:  # one diverged or failed seed fails the config (NaN: a failed trial for Optuna)
         row.update(dict.fromkeys(objectives, math.nan))
     epochs = [r.epoch for r in reports.values()] + [e["epochs"] for e in now_ended.values()]
     return {**row, "epoch": max(epochs, default=0), "seeds": seeds}
@@ -274,14 +308,16 @@ def lockstep(
     """Run every seed's ``fit`` one epoch at a time; yield (report row, checkpoint folder) per epoch.
 
     ``saved`` is a previous checkpoint (``{"states": {seed: state}, "ended": {seed: end}}``) to
-    continue from; ``save`` writes one and returns its folder. A seed that diverges ends the
-    trial: its other seeds stop (``early-stopped``) and the objectives are reported as NaN.
+    continue from; ``save`` writes one and returns its folder. A seed that diverges or fails
+    (``DETERMINISTIC`` errors) ends the trial: its other seeds stop (``early-stopped``) and the
+    objectives are reported as NaN.
     A trial restored after its last report has nothing left to report (a scheduler that paused
     it there would otherwise pause it again, forever).
     """
     ended: dict[int, dict[str, Any]] = dict(saved.get("ended", {}))
     states = saved.get("states", {})
     live = {s: _SeedThread(c, data, states.get(s)) for s, c in cfgs.items() if s not in ended}
+    epoch = 0  # the last epoch reported
     try:
         while live:
             reports, now_ended = {}, {}
@@ -290,15 +326,17 @@ def lockstep(
                 if kind == "epoch":
                     reports[seed] = payload
                 else:
-                    now_ended[seed] = _ended(payload)
+                    now_ended[seed] = _ended(kind, payload, epoch)
+            epoch = max((r.epoch for r in reports.values()), default=epoch)
             if any(r.epoch == cfgs[s].run.epochs for s, r in reports.items()):
                 for seed in reports:  # the last epoch: let them compute their test metrics
                     live[seed].go()
-                    now_ended[seed] = _ended(live[seed].next()[1])
-            diverged = any(
-                e["status"] == "diverged" for e in [*ended.values(), *now_ended.values()]
+                    now_ended[seed] = _ended(*live[seed].next(), epoch)
+            broken = any(
+                e["status"] in ("diverged", "failed")
+                for e in [*ended.values(), *now_ended.values()]
             )
-            if diverged:
+            if broken:
                 for seed in set(reports) - set(now_ended):
                     live[seed].stop()
                     now_ended[seed] = {
@@ -310,7 +348,7 @@ def lockstep(
             for seed in now_ended:
                 del live[seed]
             folder = save({"states": {s: reports[s].state() for s in live}, "ended": ended})
-            yield {**_row(reports, now_ended, diverged, objectives), "finished": not live}, folder
+            yield {**_row(reports, now_ended, broken, objectives), "finished": not live}, folder
             # Only now: a trial stopped at its report leaves no seed computing in the background.
             for thread in live.values():
                 thread.go()
@@ -324,13 +362,20 @@ def train_trial(config: dict[str, Any], *, plan: Plan, data: Any) -> None:
     torch.set_num_threads(plan.threads)
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # not a "checkpoint created" per epoch
     shared: SharedData = ray.get(data) if isinstance(data, ray.ObjectRef) else data
-    cfgs = {seed: plan.config(config, seed) for seed in plan.seeds}
-    splits = shared.splits(next(iter(cfgs.values())).data)
+    try:
+        cfgs = {seed: plan.config(config, seed) for seed in plan.seeds}
+        splits = shared.splits(next(iter(cfgs.values())).data)
+    except DETERMINISTIC as exc:  # a sampled config the trainer refuses, data that cannot load
+        end = {"status": "failed", "final": {}, "epochs": 0, "reason": failure_reason(exc)}
+        tune.report(
+            {**_row({}, dict.fromkeys(plan.seeds, end), True, plan.objectives), "finished": True}
+        )
+        return
     saved: dict[str, Any] = {}
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            saved = torch.load(Path(folder) / "state.pt", weights_only=False)
+            saved = torch.load(Path(folder) / "state.pt", weights_only=True)
     with tempfile.TemporaryDirectory() as tmp:
 
         def save(state: dict[str, Any]) -> str:
@@ -340,150 +385,6 @@ def train_trial(config: dict[str, Any], *, plan: Plan, data: Any) -> None:
 
         for row, folder in lockstep(cfgs, splits, saved, save, plan.objectives):
             tune.report(row, checkpoint=tune.Checkpoint.from_directory(folder))
-
-
-# ---------------------------------------------------------------------------------------------
-# The driver: the only MLflow writer.
-
-
-class StudyTracker(tune.Callback):
-    """Writes each trial x seed to MLflow as a child run of the study (docs/tracking.md).
-
-    Runs in the driver, so one process writes the store. Child run ids are kept per Ray trial id
-    in the callback state, which Tune saves with the experiment, so a restored study continues
-    the same runs; runs created after the last saved state are deleted on restore (their trials
-    are sampled again), so no run is duplicated.
-    """
-
-    def __init__(
-        self,
-        *,
-        tracking_uri: str,
-        experiment_id: str,
-        parent_run_id: str,
-        plan: Plan,
-        space: str,
-        axes: list[str],
-        objective: str,
-    ) -> None:
-        self.tracking_uri = tracking_uri
-        self.experiment_id = experiment_id
-        self.parent_run_id = parent_run_id
-        self.plan = plan
-        self.space = space
-        self.axes = axes
-        self.objective = objective
-        self._runs: dict[str, dict[str, str]] = {}  # trial id -> seed -> MLflow run id
-        self._ended: set[str] = set()
-        self._steps: dict[str, int] = {}
-        self._restored = False
-        self._total = 0
-        self._client: Any = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_client": None, "_steps": {}}
-
-    # Tune's callback state: saved with the experiment, restored by Tuner.restore.
-    def get_state(self) -> dict[str, Any] | None:
-        return {"runs": self._runs, "ended": sorted(self._ended)}
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        self._runs, self._ended, self._restored = state["runs"], set(state["ended"]), True
-
-    def setup(self, total_num_samples: int | None = None, **info: Any) -> None:
-        from mlflow.tracking import MlflowClient
-
-        self._client = MlflowClient(self.tracking_uri)
-        self._total = total_num_samples or 0
-
-    def on_step_begin(self, iteration: int, trials: list[Any], **info: Any) -> None:
-        if self._restored:
-            self._restored = False
-            known = {r for seeds in self._runs.values() for r in seeds.values()}
-            children = f"tags.`mlflow.parentRunId` = '{self.parent_run_id}'"
-            for run in self._client.search_runs([self.experiment_id], children, max_results=50_000):
-                if run.data.tags.get("distill.role") == "trial" and run.info.run_id not in known:
-                    self._client.delete_run(run.info.run_id)
-
-    def _run(self, trial: Any, seed: int) -> str:
-        seeds = self._runs.setdefault(trial.trial_id, {})
-        if str(seed) not in seeds:
-            tags = {
-                "mlflow.parentRunId": self.parent_run_id,
-                "distill.role": "trial",
-                "distill.trial_id": trial.trial_id,
-                "distill.group": trial.trial_id,
-                "distill.axes": ",".join(a for a in self.axes if a in trial.config),
-                "space": self.space,
-            }
-            name = f"{trial.trial_id}-s{seed}"
-            try:
-                cfg = self.plan.config(trial.config, seed)
-            except UserError:  # a sampled config the trainer refuses: its failed run still shows
-                tags.update(seed=str(seed), status="running")
-                run_id = self._client.create_run(
-                    self.experiment_id, tags=tags, run_name=name
-                ).info.run_id
-            else:
-                run_id = tracking.RunLogger.start(
-                    self._client, self.experiment_id, cfg, run_name=name, tags=tags
-                ).run_id
-            seeds[str(seed)] = run_id
-            self._steps[run_id] = 0
-        return seeds[str(seed)]
-
-    def on_trial_result(
-        self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
-    ) -> None:
-        for seed, got in result.get("seeds", {}).items():
-            run_id = self._run(trial, int(seed))
-            if run_id in self._ended:
-                continue
-            logger = tracking.RunLogger(self._client, run_id)
-            if "metrics" in got:
-                if run_id not in self._steps:
-                    self._steps[run_id] = tracking.last_step(self._client, run_id)
-                if got["epoch"] > self._steps[run_id]:
-                    logger.log_epoch(got["epoch"], got["metrics"])
-                    self._steps[run_id] = got["epoch"]
-            if "status" in got:
-                logger.finish(got["status"], got["final"], step=got["epochs"])
-                self._ended.add(run_id)
-
-    def _close(self, trial: Any, status: str) -> None:
-        for run_id in self._runs.get(trial.trial_id, {}).values():
-            if run_id not in self._ended:
-                tracking.RunLogger(self._client, run_id).finish(status)
-                self._ended.add(run_id)
-
-    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        # Trials that return end every run themselves; what is still open was stopped early.
-        self._close(trial, "early-stopped")
-        self._say(trials, trial)
-
-    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        for seed in self.plan.seeds:  # also a trial that failed before its first report
-            self._run(trial, seed)
-        self._close(trial, "failed")
-        self._say(trials, trial, failed=True)
-
-    def _say(self, trials: list[Any], trial: Any, failed: bool = False) -> None:
-        done = sum(t.status in ("TERMINATED", "ERROR") for t in trials) + 1
-        last = trial.last_result or {}
-        sampled = "  ".join(f"{k}={_short(v)}" for k, v in trial.config.items())
-        value = last.get(self.objective, math.nan)
-        if failed:
-            outcome = "failed (see its error.txt under the study folder)"
-        elif last.get("finished") and math.isnan(value):
-            outcome = f"diverged at epoch {last.get('epoch', 0)} (non-finite loss)"
-        else:
-            ended = "completed" if last.get("finished") else "early-stopped"
-            outcome = f"{ended} at epoch {last.get('epoch', 0)}: {self.objective} {value:.4f}"
-        print(f"trial {done}/{self._total} {trial.trial_id} {outcome}  [{sampled}]", flush=True)
-
-
-def _short(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -529,7 +430,7 @@ def _check_options(o: StudyOptions, space: SearchSpace) -> tuple[str, str, int, 
             "pass --scheduler none"
         )
     grid = space.grid_size + len(space.baselines)
-    trials = o.trials or (grid if sampler == "grid" else space.trials)
+    trials = (grid if sampler == "grid" else space.trials) if o.trials is None else o.trials
     if o.smoke_test and o.trials is None:
         trials = min(trials, SMOKE_TRIALS)
     if sampler == "grid" and trials > grid:
@@ -537,14 +438,14 @@ def _check_options(o: StudyOptions, space: SearchSpace) -> tuple[str, str, int, 
             f"the grid of {space.name} has {grid} points, so --trials {trials} would repeat some; "
             f"pass --trials {grid} or fewer (repeat configs with --seeds)"
         )
-    seeds = o.seeds or (1 if o.smoke_test else space.seeds)
+    seeds = (1 if o.smoke_test else space.seeds) if o.seeds is None else o.seeds
     for flag, value in (
         ("--trials", trials),
         ("--seeds", seeds),
-        ("--max-concurrent", o.max_concurrent or 1),
+        ("--max-concurrent", 1 if o.max_concurrent is None else o.max_concurrent),
     ):
         if value < 1:
-            raise UserError(f"{flag} must be at least 1, got {value}")
+            raise UserError(f"{flag} must be at least 1, got {value}; pass {flag} 1 or more")
     if o.cpus_per_trial <= 0:
         raise UserError(f"--cpus-per-trial must be > 0, got {o.cpus_per_trial}")
     if o.gpus_per_trial < 0 or (o.gpus_per_trial > 1 and o.gpus_per_trial != int(o.gpus_per_trial)):
@@ -552,6 +453,11 @@ def _check_options(o: StudyOptions, space: SearchSpace) -> tuple[str, str, int, 
             f"--gpus-per-trial {o.gpus_per_trial} is not possible; use a fraction up to 1 "
             "(0.25 packs four trials per GPU) or a whole number"
         )
+    if o.max_failures < 0:
+        raise UserError(f"--max-failures must be at least 0, got {o.max_failures}; pass 0 or more")
+    require_writable(o.storage, "pass a writable --storage folder")
+    if o.address:  # here, before data or Ray start: ray.init retries an unreachable head for long
+        _check_address(o.address)
     return sampler, scheduler, trials, seeds
 
 
@@ -565,7 +471,7 @@ def _plan(o: StudyOptions, space: SearchSpace, seeds: int, storage: Path) -> Pla
         cli["data.name"] = o.dataset
     if o.data_dir:
         cli["data.dir"] = str(Path(o.data_dir).expanduser().resolve())
-    if o.epochs:
+    if o.epochs is not None:
         cli["run.epochs"] = o.epochs
     threads = max(1, int(o.cpus_per_trial))
     cli["run.threads"] = threads  # recorded, so that an exported config re-runs bit for bit
@@ -630,9 +536,7 @@ def _check_address(address: str) -> None:
 
 
 def _connect_ray(o: StudyOptions) -> bool:
-    """Join ``--address`` or start a local Ray (reusing one already running in this process)."""
-    if o.address:
-        _check_address(o.address)
+    """Join ``--address`` (checked by ``_check_options``) or start a local Ray (reusing one running here)."""
     if ray.is_initialized():
         return False
     if o.gpus_per_trial > 0 and not o.address and not torch.cuda.is_available():
@@ -708,8 +612,10 @@ def _prepare(o: StudyOptions) -> tuple[_Study, Any]:
         saved = json.loads((folder / STUDY_FILE).read_text())
         kept = {**saved["options"], "overrides": tuple(saved["options"]["overrides"])}
         options = replace(StudyOptions(**kept), resume=True, address=o.address)
+        checked = _check_options(options, space)
         client = tracking.open_client(saved["tracking_uri"])
     else:
+        checked = _check_options(o, space)  # before the MLflow store is opened (or created)
         client = tracking.open_client(o.tracking_uri)
         taken = o.name and ((storage / o.name).exists() or client.get_experiment_by_name(o.name))
         if taken:
@@ -721,7 +627,7 @@ def _prepare(o: StudyOptions) -> tuple[_Study, Any]:
         # a user module by its absolute path, so that --resume finds it from anywhere
         options = replace(o, space=space.path or space.name, name=name, storage=str(storage))
         folder = storage / name
-    sampler, scheduler, trials, seeds = _check_options(options, space)
+    sampler, scheduler, trials, seeds = checked
     plan = _plan(options, space, seeds, storage)
     _sample_once(space, plan)
     study = _Study(options, space, folder, plan, trials, sampler, scheduler, client.tracking_uri)
@@ -749,6 +655,7 @@ def _start_tracking(study: _Study, client: Any) -> None:
         "study.space": space.name, "study.sampler": study.sampler, "study.scheduler": study.scheduler,
         "study.trials": study.trials, "study.seeds": len(study.plan.seeds), "study.smoke_test": o.smoke_test,
         "study.cpus_per_trial": o.cpus_per_trial, "study.gpus_per_trial": o.gpus_per_trial,
+        "study.max_failures": o.max_failures,
     }  # fmt: skip
     study.parent_run_id = tracking.start_study_run(
         client, study.experiment_id, str(o.name), tags, params
@@ -883,7 +790,8 @@ def _trainable(study: _Study, data: Any) -> Any:
 
 
 def _tuner(study: _Study, data: Any) -> Any:
-    if study.options.resume:
+    # A study killed before Tune saved anything (e.g. while teachers trained) starts its trials anew.
+    if study.options.resume and tune.Tuner.can_restore(study.folder):
         return tune.Tuner.restore(
             str(study.folder), trainable=_trainable(study, data), resume_unfinished=True
         )
@@ -909,8 +817,10 @@ def _tuner(study: _Study, data: Any) -> Any:
             name=study.folder.name,
             storage_path=str(study.folder.parent),
             callbacks=[tracker],
+            # num_to_keep=1 also makes Tune save the study's state after every checkpoint (every
+            # reported epoch), so a killed driver loses at most the step it was in.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            failure_config=tune.FailureConfig(max_failures=0),
+            failure_config=tune.FailureConfig(max_failures=study.options.max_failures),
             verbose=0,
         ),
     )
@@ -945,6 +855,8 @@ def run_study(options: StudyOptions, say: Callable[[str], None] = print) -> Stud
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # importing MLflow reset it to INFO
     # A restored trial reports its replayed epochs to Optuna again, which ignores them.
     warnings.filterwarnings("ignore", message="The reported value is ignored", category=UserWarning)
+    # ASHA's cut-off over rungs where every trial failed or diverged (NaN objectives)
+    warnings.filterwarnings("ignore", message="All-NaN slice encountered", category=RuntimeWarning)
     o = study.options
     data = SharedData.load(study.plan.config({}, study.plan.seeds[0]).data)
     started = _connect_ray(o)
@@ -1032,14 +944,16 @@ def _summary(study: _Study, result: StudyResult, say: Callable[[str], None]) -> 
         say(f"  {o.command()} --resume")
         return
     if not result.best:
-        say("no trial trained every epoch; see the failed trials' error.txt under the study folder")
+        say(
+            "no trial trained every epoch; see the failure reasons above (tag distill.failure_reason)"
+        )
     n = len(study.plan.seeds)
     for i, b in enumerate(result.best):
         what = (
             "best trial" if len(result.best) == 1 else f"Pareto front {i + 1}/{len(result.best)}:"
         )
         say(f"{what} {b['trial_id']} ({f'mean of {n} seeds' if n > 1 else 'one seed'}):")
-        say("  " + "  ".join(f"{k}={_short(v)}" for k, v in b["sampled"].items()))
+        say("  " + "  ".join(f"{k}={short(v)}" for k, v in b["sampled"].items()))
         m = b["metrics"]
         for split in ("val", "test"):
             keys = [

@@ -14,10 +14,11 @@ import os
 import time
 from pathlib import Path
 
-from mlflow.entities import Metric, Param, RunStatus
+from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
 from distill_core import Config, UserError
+from distill_core.errors import require_writable
 
 # MLflow sets up its own INFO logging on import (database migrations etc.): keep the CLI quiet.
 logging.getLogger("mlflow").setLevel(logging.WARNING)
@@ -25,11 +26,22 @@ logging.getLogger("mlflow").setLevel(logging.WARNING)
 DEFAULT_STORE = Path("runs")
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 MAX_PARAM_LENGTH = 6000
+FAILURE_REASON = "distill.failure_reason"  # tag: why a run failed or was abandoned, one line
+#: MLflow's run status for each final ``status`` tag (``interrupted`` runs continue on resume).
+RUN_STATUS = {
+    "completed": RunStatus.FINISHED,
+    "crashed": RunStatus.FINISHED,
+    "early-stopped": RunStatus.FINISHED,
+    "diverged": RunStatus.FAILED,
+    "failed": RunStatus.FAILED,
+    "interrupted": RunStatus.KILLED,
+}
 
 
 def default_tracking_uri(store: str | Path = DEFAULT_STORE) -> str:
     """``sqlite:////abs/path/runs/mlflow.db`` for a store folder (created if missing)."""
     root = Path(store).expanduser().resolve()
+    require_writable(root, "pass a writable --tracking-uri folder")
     root.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{root / 'mlflow.db'}"
 
@@ -104,16 +116,18 @@ class RunLogger:
         self.client.log_batch(self.run_id, metrics=epoch_metrics(metrics, epoch))
 
     def finish(
-        self, status: str, final: dict[str, float] | None = None, step: int | None = None
+        self,
+        status: str,
+        final: dict[str, float] | None = None,
+        step: int | None = None,
+        reason: str | None = None,
     ) -> None:
-        """Log test metrics (those not logged per epoch) and the status tag, then end the run."""
-        if final:
-            once = {k: v for k, v in final.items() if k.startswith(("test_", "teacher_test_"))}
-            self.client.log_batch(self.run_id, metrics=epoch_metrics(once, step or 0))
-        self.client.set_tag(self.run_id, "status", status)
-        ok = status in ("completed", "crashed", "early-stopped")
-        end = RunStatus.FINISHED if ok else RunStatus.FAILED
-        self.client.set_terminated(self.run_id, RunStatus.to_string(end))
+        """Log test metrics (those not logged per epoch), the status tag and the reason of a
+        failure, then end the run."""
+        once = {k: v for k, v in (final or {}).items() if k.startswith(("test_", "teacher_test_"))}
+        tags = [RunTag("status", status)] + ([RunTag(FAILURE_REASON, reason)] if reason else [])
+        self.client.log_batch(self.run_id, metrics=epoch_metrics(once, step or 0), tags=tags)
+        self.client.set_terminated(self.run_id, RunStatus.to_string(RUN_STATUS[status]))
 
 
 def start_study_run(

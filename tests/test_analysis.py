@@ -2,7 +2,8 @@
 
 The fixture logs the study exactly in the docs/tracking.md layout through studies.tracking: KD on
 the synthetic set (mlp teacher and student, 3 epochs), method.alpha x optim.lr x 2 seeds, plus a
-forced divergence (lr 9), a run stopped early (as ASHA would) and a failed run.
+forced divergence (lr 9), a run stopped early (as ASHA would), a failed run and a run abandoned on
+resume (its trial was sampled again).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from analysis.plots import DPI, FIGSIZE
@@ -30,6 +32,7 @@ STUDY = "alpha"
 SEEDS = (0, 1)
 CONFIGS = [(alpha, lr) for alpha in (0.1, 0.5, 0.9) for lr in (0.05, 0.2)]
 COMMAND = "distill-study run kd_alpha --trials 9 --seeds 2 --epochs 3 --dataset synthetic"
+OOM = "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
 
 
 class Stop(Exception):
@@ -94,9 +97,20 @@ def build_study(root: Path, name: str = STUDY) -> str:
         try:
             result = fit(cfg, on_epoch=on_epoch)
         except Stop:
-            logger.finish("early-stopped" if stop_after == 1 else "failed")
+            if stop_after == 1:
+                logger.finish("early-stopped")
+            else:
+                logger.finish("failed", reason=OOM)
             continue
         logger.finish(result.status, result.final, step=len(result.history))
+    abandoned = client.create_run(
+        exp,
+        run_name="dead0000-s0",
+        tags={"mlflow.parentRunId": parent, "distill.role": "abandoned", "seed": "0",
+              "distill.trial_id": "dead0000", "status": "abandoned"},
+    ).info.run_id  # fmt: skip
+    client.log_batch(abandoned, metrics=[Metric("val_acc", 0.99, 0, 1)])  # would rank first
+    client.set_terminated(abandoned, "FAILED")
     client.set_tag(parent, "distill.status", "completed")
     client.set_terminated(parent)
 
@@ -274,6 +288,26 @@ def test_report_numbers_equal_mlflow(study_uri: str, report_dir: Path) -> None:
     assert rows["g6"]["rank"] == "-" and rows["g6"]["status"] == "diverged"  # lr 9 never ranks
     top = table_rows(text, "## Top configs")
     assert list(top) == [r["config"] for r in ranked[: len(top)]]
+
+
+def test_report_lists_failed_runs_with_reasons_and_leaves_out_abandoned_ones(
+    report_dir: Path,
+) -> None:
+    text = (report_dir / "report.md").read_text()
+    section = text.split("## Failed runs", 1)[1].split("## All configs", 1)[0]
+    cells = [
+        [c.strip() for c in ln.strip("|").split("|")]
+        for ln in section.splitlines()
+        if ln.startswith("|")
+    ]
+    rows = [dict(zip(cells[0], row, strict=True)) for row in cells[2:]]
+    assert {(r["run"], r["status"], r["reason"]) for r in rows} == {
+        ("00006-s0", "diverged", "non-finite training loss"),
+        ("00006-s1", "diverged", "non-finite training loss"),
+        ("00008-s0", "failed", OOM),
+    }
+    assert "Left out: 1 runs abandoned on resume" in section and "dead0000-s0" in section
+    assert "dead0000" not in text.split("## All configs", 1)[1]
 
 
 def test_report_on_categorical_and_conditional_axes(study_uri: str, tmp_path: Path) -> None:

@@ -153,28 +153,6 @@ def test_samplers_and_schedulers(
     assert len(children) == 3 and len({r.data.params["method.temperature"] for r in children}) == 3
 
 
-def test_failed_trial_is_recorded_and_the_study_goes_on(store: Path, ray_session: str) -> None:
-    module = store / "two_data_sets.py"
-    module.write_text(
-        'BASE = {"data": {"name": "synthetic"}, "model": {"name": "mlp"}, "run": {"epochs": 2}}\n'
-        'OBJECTIVE, MODE = "val_acc", "max"\nSCIENTIFIC = ["data.name"]\nNUISANCE = []\n'
-        'GRID = {"data.name": ["synthetic", "cifar10"]}\nSAMPLER = "grid"\n\n'
-        "def space(trial):\n"
-        '    return {"data.name": trial.suggest_categorical("data.name", ["synthetic", "cifar10"])}\n'
-    )  # cifar10 needs --data-dir: that trial fails when it loads its data
-    code, output = invoke("run", str(module), "--seeds", "2", "--name", "failing", *where(store))
-    assert code == 0, output
-    assert "failed (see its error.txt" in output and "best trial" in output
-    _, children = study_runs(client_for(store), "failing")
-    status = {
-        (r.data.params.get("data.name"), r.data.tags["seed"]): r.data.tags["status"]
-        for r in children
-    }
-    assert status == {("synthetic", "0"): "completed", ("synthetic", "1"): "completed",
-                      ("cifar10", "0"): "failed", ("cifar10", "1"): "failed"}  # fmt: skip
-    assert all(r.info.status == "FAILED" for r in children if r.data.tags["status"] == "failed")
-
-
 def test_smoke_study_mlflow_layout(tmp_path: Path, ray_session: str) -> None:
     """One parent, exactly trials x seeds children, with params, per-epoch steps, tags and config."""
     options = StudyOptions(
@@ -292,8 +270,20 @@ def test_interrupted_study_resumes_without_duplicate_or_lost_runs(
     assert "--resume" in rest
     client = client_for(store)
     parent, before = study_runs(client, "resumed")
-    assert parent.data.tags["distill.status"] == "interrupted"
+    assert parent.data.tags["distill.status"] == "interrupted" and parent.info.status == "KILLED"
     assert 2 <= len(before) <= 6
+    # Nothing is left RUNNING: unfinished trials' runs are closed as interrupted until --resume.
+    assert {(r.data.tags["status"], r.info.status) for r in before} <= {
+        ("completed", "FINISHED"),
+        ("interrupted", "KILLED"),
+    }
+    # A run the driver created just before a SIGKILL, for a trial Ray Tune had not saved yet.
+    orphan = client.create_run(
+        parent.info.experiment_id,
+        run_name="0rphan00-s0",
+        tags={"mlflow.parentRunId": parent.info.run_id, "distill.role": "trial",
+              "distill.trial_id": "0rphan00", "seed": "0", "status": "running"},
+    ).info.run_id  # fmt: skip
 
     code, output = invoke("run", "alpha", "--resume", "--name", "resumed", *where(store))
     assert code == 0, output
@@ -302,8 +292,12 @@ def test_interrupted_study_resumes_without_duplicate_or_lost_runs(
     assert len(after) == 6 and len({r.info.run_name for r in after}) == 6
     assert {r.info.run_id for r in before} <= {r.info.run_id for r in after}
     for run in after:
-        assert run.data.tags["status"] == "completed"
+        assert run.data.tags["status"] == "completed" and run.info.status == "FINISHED"
         assert steps(client, run, "train_loss") == [1, 2, 3, 4]
+    abandoned = client.get_run(orphan)
+    assert abandoned.info.status == "FAILED" and abandoned.data.tags["status"] == "abandoned"
+    assert abandoned.data.tags["distill.role"] == "abandoned"
+    assert "sampled again on resume" in abandoned.data.tags["distill.failure_reason"]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,239 @@
+"""``StudyTracker``: the Ray Tune callback, in the driver, that writes a study to MLflow.
+
+One process writes the store (SQLite allows one writer). The MLflow store itself says which child
+run belongs to which trial x seed (tags ``distill.trial_id`` and ``seed``): a resumed study finds
+its runs there, in one search at setup, and continues them, so nothing depends on Tune having
+saved this callback before the driver died. The layout is docs/tracking.md; what a user can rely
+on after a crash is the README's "Fault tolerance".
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mlflow.entities import Param, RunStatus, RunTag
+from mlflow.tracking import MlflowClient
+from ray import cloudpickle, tune
+
+from distill_core import UserError
+from studies import tracking
+
+if TYPE_CHECKING:
+    from studies.runner import Plan
+
+ABANDONED = (
+    "the driver stopped before Ray Tune saved this trial, so its config was sampled again on resume"
+)
+
+
+def failure_reason(exc: BaseException) -> str:
+    """``Type: first line of its message``: an exception in one line (``distill.failure_reason``)."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}".strip()[:500]
+
+
+def trial_error(trial: Any) -> str:
+    """Why a Tune trial errored: the error Ray pickled into the trial's folder on the driver."""
+    path = trial.pickled_error_file
+    if not path or not Path(path).is_file():
+        return "unknown error (see error.txt in the trial folder)"
+    error = cloudpickle.loads(Path(path).read_bytes())
+    cause = getattr(error, "cause", None)  # a RayTaskError wraps the trainable's exception
+    return failure_reason(cause if isinstance(cause, BaseException) else error)
+
+
+def short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+class StudyTracker(tune.Callback):
+    """Writes each trial x seed of a study to MLflow as a child run of its parent run.
+
+    On a resumed study, runs of trials that the restored Tune state does not know are closed as
+    ``abandoned`` (tag ``distill.role=abandoned``, MLflow status FAILED, with the reason): their
+    trials are sampled again, and analysis reads ``distill.role=trial`` only. A trial that Ray
+    retries after a worker died keeps its runs; only its final failure closes them.
+    """
+
+    def __init__(
+        self,
+        *,
+        tracking_uri: str,
+        experiment_id: str,
+        parent_run_id: str,
+        plan: Plan,
+        space: str,
+        axes: list[str],
+        objective: str,
+    ) -> None:
+        self.tracking_uri = tracking_uri
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.plan = plan
+        self.space = space
+        self.axes = axes
+        self.objective = objective
+        self._reset()
+
+    def _reset(self) -> None:
+        self._client: Any = None
+        self._total = 0
+        self._runs: dict[str, dict[str, str]] = {}  # trial id -> seed -> MLflow run id
+        self._ended: set[str] = set()  # runs with a final status
+        self._reopen: set[str] = set()  # runs closed as interrupted, reopened at their next epoch
+        self._steps: dict[str, int] = {}  # run id -> last epoch logged
+        self._checked = False  # runs of trials Tune does not know are closed at the first step
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Tune pickles the callback with the study: its settings; the runs are read from MLflow."""
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._reset()
+
+    def setup(self, total_num_samples: int | None = None, **info: Any) -> None:
+        self._client = MlflowClient(self.tracking_uri)
+        self._total = total_num_samples or 0
+        children = (
+            f"tags.`mlflow.parentRunId` = '{self.parent_run_id}' and tags.`distill.role` = 'trial'"
+        )
+        for run in self._client.search_runs([self.experiment_id], children, max_results=50_000):
+            tags, run_id = run.data.tags, run.info.run_id
+            self._runs.setdefault(tags["distill.trial_id"], {})[tags["seed"]] = run_id
+            status = tags.get("status", "running")
+            if status == "interrupted":
+                self._reopen.add(run_id)
+            elif status != "running":
+                self._ended.add(run_id)
+
+    def on_step_begin(self, iteration: int, trials: list[Any], **info: Any) -> None:
+        if self._checked:
+            return
+        self._checked = True
+        known = {t.trial_id for t in trials}
+        for trial_id in set(self._runs) - known:
+            for run_id in self._runs.pop(trial_id).values():
+                self._client.log_batch(
+                    run_id,
+                    tags=[
+                        RunTag("distill.role", "abandoned"),
+                        RunTag("status", "abandoned"),
+                        RunTag(tracking.FAILURE_REASON, ABANDONED),
+                    ],
+                )
+                self._client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+
+    def _run(self, trial: Any, seed: int) -> str:
+        seeds = self._runs.setdefault(trial.trial_id, {})
+        if str(seed) not in seeds:
+            tags = {
+                "mlflow.parentRunId": self.parent_run_id,
+                "distill.role": "trial",
+                "distill.trial_id": trial.trial_id,
+                "distill.group": trial.trial_id,
+                "distill.axes": ",".join(a for a in self.axes if a in trial.config),
+                "space": self.space,
+            }
+            name = f"{trial.trial_id}-s{seed}"
+            try:
+                cfg = self.plan.config(trial.config, seed)
+            except UserError:  # a sampled config the trainer refuses: its failed run still shows
+                tags.update(seed=str(seed), status="running")
+                run_id = self._client.create_run(
+                    self.experiment_id, tags=tags, run_name=name
+                ).info.run_id
+                sampled = [
+                    Param(k, str(v)[: tracking.MAX_PARAM_LENGTH]) for k, v in trial.config.items()
+                ]
+                self._client.log_batch(run_id, params=sampled)
+            else:
+                run_id = tracking.RunLogger.start(
+                    self._client, self.experiment_id, cfg, run_name=name, tags=tags
+                ).run_id
+            seeds[str(seed)] = run_id
+            self._steps[run_id] = 0
+        run_id = seeds[str(seed)]
+        if run_id in self._reopen:
+            self._reopen.discard(run_id)
+            self._client.set_tag(run_id, "status", "running")
+            self._client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+        return run_id
+
+    def on_trial_result(
+        self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
+    ) -> None:
+        for seed, got in result.get("seeds", {}).items():
+            run_id = self._run(trial, int(seed))
+            if run_id in self._ended:
+                continue
+            logger = tracking.RunLogger(self._client, run_id)
+            if "metrics" in got:
+                if run_id not in self._steps:
+                    self._steps[run_id] = tracking.last_step(self._client, run_id)
+                if got["epoch"] > self._steps[run_id]:  # a restored trial replays no epoch
+                    logger.log_epoch(got["epoch"], got["metrics"])
+                    self._steps[run_id] = got["epoch"]
+            if "status" in got:
+                logger.finish(
+                    got["status"], got["final"], step=got["epochs"], reason=got.get("reason")
+                )
+                self._ended.add(run_id)
+
+    def _close(self, trial: Any, status: str, reason: str | None = None) -> None:
+        for run_id in self._runs.get(trial.trial_id, {}).values():
+            if run_id not in self._ended:
+                tracking.RunLogger(self._client, run_id).finish(status, reason=reason)
+                self._ended.add(run_id)
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        # Trials that return end every run themselves; what is still open was stopped early.
+        self._close(trial, "early-stopped")
+        self._say(trials, trial)
+
+    def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        """A trial whose worker failed and that Ray retries: its runs stay open and continue."""
+        for run_id in self._runs.get(trial.trial_id, {}).values():
+            self._client.set_tag(run_id, "distill.retries", str(trial.num_failures))
+        print(
+            f"trial {trial.trial_id}: {trial_error(trial)}; retrying from its last checkpoint "
+            f"(retry {trial.num_failures} of {trial.max_failures})",
+            flush=True,
+        )
+
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        for seed in self.plan.seeds:  # also a trial that failed before its first report
+            self._run(trial, seed)
+        self._close(trial, "failed", trial_error(trial))
+        self._say(trials, trial, failed=True)
+
+    def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
+        """An interrupted study leaves no run RUNNING: unfinished ones are ``interrupted`` (KILLED).
+
+        Only runs of unfinished trials are still open here (Tune marks the trials it stops at
+        the end TERMINATED without telling callbacks, so their status cannot say it).
+        """
+        for seeds in self._runs.values():
+            for run_id in set(seeds.values()) - self._ended - self._reopen:
+                tracking.RunLogger(self._client, run_id).finish("interrupted")
+                self._reopen.add(run_id)
+
+    def _say(self, trials: list[Any], trial: Any, failed: bool = False) -> None:
+        done = sum(t.status in ("TERMINATED", "ERROR") for t in trials) + 1
+        last = trial.last_result or {}
+        sampled = "  ".join(f"{k}={short(v)}" for k, v in trial.config.items())
+        value = last.get(self.objective, math.nan)
+        failures = [s for s in last.get("seeds", {}).values() if s.get("status") == "failed"]
+        if failed:
+            attempts = f", after {trial.num_failures} attempts" if trial.num_failures > 1 else ""
+            outcome = f"failed{attempts}: {trial_error(trial)} (error.txt in its trial folder)"
+        elif failures:
+            outcome = f"failed after {failures[0]['epochs']} epochs: {failures[0]['reason']}"
+        elif last.get("finished") and math.isnan(value):
+            outcome = f"diverged at epoch {last.get('epoch', 0)} (non-finite loss)"
+        else:
+            ended = "completed" if last.get("finished") else "early-stopped"
+            outcome = f"{ended} at epoch {last.get('epoch', 0)}: {self.objective} {value:.4f}"
+        print(f"trial {done}/{self._total} {trial.trial_id} {outcome}  [{sampled}]", flush=True)

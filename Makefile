@@ -32,7 +32,7 @@ lint: $(STAMP)
 study: $(STAMP)  ## the quickstart study: KD alpha x temperature on MNIST-5k
 	$(BIN)/distill-study run quickstart
 
-bench: $(STAMP)  ## every benchmark, ~15-20 min on 2 cores (BENCH_QUICK=1: a sanity run of a few minutes)
+bench: $(STAMP)  ## every benchmark, ~12 min on 2 cores (BENCH_QUICK=1: a sanity run of a few minutes)
 	$(BIN)/python -m benchmarks $(if $(filter 1,$(BENCH_QUICK)),--quick)
 
 clean:

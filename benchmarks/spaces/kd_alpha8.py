@@ -11,7 +11,7 @@ BASE: dict[str, Any] = {
     "method": {"name": "kd", "temperature": 4.0},
     "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
     "schedule": {"name": "cosine"},
-    "run": {"epochs": 5, "batch_size": 128},
+    "run": {"epochs": 30, "batch_size": 128},
 }
 OBJECTIVE, MODE = "val_acc", "max"
 SCIENTIFIC = ["method.alpha"]

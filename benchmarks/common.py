@@ -125,17 +125,18 @@ def compare(
 
 
 def write(
-    out: Path,
+    args: argparse.Namespace,
     name: str,
-    title: str,
+    doc: str | None,
     rows: list[dict[str, Any]],
-    *,
     settings: dict[str, Any],
-    quick: bool,
     start: Start,
 ) -> Path:
-    """Write ``out/<name>.json`` (machine, settings, rows, peak RSS, wall time) and regenerate the table."""
+    """Write ``args.out/<name>.json`` (title: the first line of ``doc``; machine, settings, rows,
+    peak RSS, wall time) and regenerate the table."""
     from benchmarks.report import render
+
+    out, quick, title = args.out, args.quick, (doc or name).splitlines()[0]
 
     bad = [r["case"] for r in rows for k in ("value", "baseline") if not math.isfinite(r[k])]
     if bad:

@@ -321,15 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     settings = {k: getattr(args, k) for k in ("batch", "images", "steps", "warmup", "workers")}
-    common.write(
-        args.out,
-        "gpu",
-        __doc__.splitlines()[0],
-        rows,
-        settings={**settings, "threads": threads},
-        quick=args.quick,
-        start=start,
-    )
+    common.write(args, "gpu", __doc__, rows, {**settings, "threads": threads}, start)
     return 0
 
 

@@ -87,15 +87,7 @@ def main(argv: list[str] | None = None) -> None:
         "teacher": "resnet20",
         "epochs_timed": epochs - 1,
     }
-    common.write(
-        args.out,
-        "kd_cost",
-        __doc__.splitlines()[0],
-        rows,
-        settings=settings,
-        quick=args.quick,
-        start=start,
-    )
+    common.write(args, "kd_cost", __doc__, rows, settings, start)
 
 
 if __name__ == "__main__":

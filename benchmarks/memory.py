@@ -109,15 +109,7 @@ def main(argv: list[str] | None = None) -> None:
         ),
     ]
     settings = {"threads": threads, "config": base, "single_runs": len(singles)}
-    common.write(
-        args.out,
-        "memory",
-        __doc__.splitlines()[0],
-        rows,
-        settings=settings,
-        quick=args.quick,
-        start=start,
-    )
+    common.write(args, "memory", __doc__, rows, settings, start)
 
 
 if __name__ == "__main__":

@@ -119,15 +119,7 @@ def main(argv: list[str] | None = None) -> None:
         "space": SPACE.name,
         "quick_changes": QUICK,
     }
-    common.write(
-        args.out,
-        "study_efficiency",
-        __doc__.splitlines()[0],
-        rows,
-        settings=settings,
-        quick=args.quick,
-        start=start,
-    )
+    common.write(args, "study_efficiency", __doc__, rows, settings, start)
 
 
 if __name__ == "__main__":

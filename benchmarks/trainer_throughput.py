@@ -163,15 +163,7 @@ def main(argv: list[str] | None = None) -> None:
         "device": "cpu",
         "both_include": "validation pass",
     }
-    common.write(
-        args.out,
-        "trainer_throughput",
-        __doc__.splitlines()[0],
-        rows,
-        settings=settings,
-        quick=args.quick,
-        start=start,
-    )
+    common.write(args, "trainer_throughput", __doc__, rows, settings, start)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Search efficiency: TPE + ASHA vs the exhaustive grid on KD alpha x temperature (5 x 5).
 
-For each of 3 study seeds (``run.seed``: the seed of every trial's training): the grid trains all
+For each of 3 study seeds (``run.seed``, the seed of every trial's training, and the sampler's
+``--sampler-seed``): the grid trains all
 25 configs of ``spaces/alpha_temperature.py`` for every epoch (``fit`` in this process, one thread
 as a trial has, so its numbers are those a grid study would report); a Ray Tune study with Optuna's
 TPE and ASHA (``run_study``, 2 trials at a time) samples the same values. Targets, as means over
@@ -70,6 +71,7 @@ def one_seed(seed: int, *, quick: bool, work: Path) -> dict[str, Any]:
         StudyOptions(
             space=str(SPACE),
             sampler="tpe",
+            sampler_seed=seed,
             scheduler="asha",
             trials=trials,
             cpus_per_trial=1,

@@ -41,6 +41,13 @@ from studies.spaces import SAMPLERS, SCHEDULERS, list_spaces
     help=f"Optuna sampler: {' | '.join(SAMPLERS)} (default: the space's, else tpe).",
 )
 @click.option(
+    "--sampler-seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seed of the sampler: another seed, another sequence of configs (repeat a study with it).",
+)
+@click.option(
     "--scheduler",
     default=None,
     help=f"Early stopping: {' | '.join(SCHEDULERS)} (default: asha; none for nsga2).",

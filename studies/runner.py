@@ -53,7 +53,7 @@ from studies.tracker import StudyTracker, failure_reason, short
 __all__ = ["StudyOptions", "StudyResult", "run_study"]
 
 STUDY_FILE = "distill_study.json"
-SAMPLER_SEED = 0  # fixed, so that a study's sequence of configs is reproducible
+SAMPLER_SEED = 0  # the default --sampler-seed: a study's sequence of configs is reproducible
 SMOKE_TRIALS = 3
 SMOKE_EPOCHS = 2
 MAX_FAILURES = 2
@@ -73,6 +73,7 @@ class StudyOptions:
     data_dir: str | None = None
     seeds: int | None = None
     sampler: str | None = None
+    sampler_seed: int = SAMPLER_SEED
     scheduler: str | None = None
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
@@ -92,6 +93,7 @@ class StudyOptions:
         for flag, value in [
             ("--trials", self.trials), ("--epochs", self.epochs), ("--dataset", self.dataset),
             ("--data-dir", self.data_dir), ("--seeds", self.seeds), ("--sampler", self.sampler),
+            ("--sampler-seed", self.sampler_seed),
             ("--scheduler", self.scheduler), ("--cpus-per-trial", self.cpus_per_trial),
             ("--gpus-per-trial", self.gpus_per_trial or None), ("--max-concurrent", self.max_concurrent),
             ("--max-failures", self.max_failures), ("--tracking-uri", _without_password(self.tracking_uri)),
@@ -652,7 +654,8 @@ def _start_tracking(study: _Study, client: Any) -> None:
         "distill.command": o.command(),
     }
     params = {
-        "study.space": space.name, "study.sampler": study.sampler, "study.scheduler": study.scheduler,
+        "study.space": space.name, "study.sampler": study.sampler,
+        "study.sampler_seed": o.sampler_seed, "study.scheduler": study.scheduler,
         "study.trials": study.trials, "study.seeds": len(study.plan.seeds), "study.smoke_test": o.smoke_test,
         "study.cpus_per_trial": o.cpus_per_trial, "study.gpus_per_trial": o.gpus_per_trial,
         "study.max_failures": o.max_failures,
@@ -733,7 +736,7 @@ def _searcher(study: _Study) -> Any:
     warnings.filterwarnings(
         "ignore", category=optuna.exceptions.ExperimentalWarning
     )  # QMC, NSGA-II
-    space, seed = study.space, SAMPLER_SEED
+    space, seed = study.space, study.options.sampler_seed
     samplers: dict[str, Callable[[], Any]] = {
         "tpe": lambda: optuna.samplers.TPESampler(
             seed=seed, n_startup_trials=min(10, max(1, study.trials // 2))

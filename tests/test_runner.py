@@ -153,6 +153,21 @@ def test_samplers_and_schedulers(
     assert len(children) == 3 and len({r.data.params["method.temperature"] for r in children}) == 3
 
 
+def test_sampler_seed_picks_another_sequence_of_configs(store: Path, ray_session: str) -> None:
+    sampled = {}
+    for seed in (7, 8):
+        name = f"sampler-seed-{seed}"
+        code, output = invoke("run", "temperature", "--smoke-test", "--trials", "2", "--epochs", "1",
+                              "--sampler", "random", "--sampler-seed", str(seed), "--name", name,
+                              *where(store))  # fmt: skip
+        assert code == 0, output
+        parent, children = study_runs(client_for(store), name)
+        assert parent.data.params["study.sampler_seed"] == str(seed)
+        assert f"--sampler-seed {seed}" in parent.data.tags["distill.command"]
+        sampled[seed] = {r.data.params["method.temperature"] for r in children}
+    assert len(sampled[7]) == 2 and sampled[7].isdisjoint(sampled[8])
+
+
 def test_smoke_study_mlflow_layout(tmp_path: Path, ray_session: str) -> None:
     """One parent, exactly trials x seeds children, with params, per-epoch steps, tags and config."""
     options = StudyOptions(

@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlflow.entities import Param, RunStatus, RunTag
+from mlflow.entities import Param, RunStatus
 from mlflow.tracking import MlflowClient
 from ray import cloudpickle, tune
 
@@ -116,15 +116,8 @@ class StudyTracker(tune.Callback):
         known = {t.trial_id for t in trials}
         for trial_id in set(self._runs) - known:
             for run_id in self._runs.pop(trial_id).values():
-                self._client.log_batch(
-                    run_id,
-                    tags=[
-                        RunTag("distill.role", "abandoned"),
-                        RunTag("status", "abandoned"),
-                        RunTag(tracking.FAILURE_REASON, ABANDONED),
-                    ],
-                )
-                self._client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+                self._client.set_tag(run_id, "distill.role", "abandoned")
+                tracking.RunLogger(self._client, run_id).finish("abandoned", reason=ABANDONED)
 
     def _run(self, trial: Any, seed: int) -> str:
         seeds = self._runs.setdefault(trial.trial_id, {})

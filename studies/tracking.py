@@ -35,6 +35,7 @@ RUN_STATUS = {
     "diverged": RunStatus.FAILED,
     "failed": RunStatus.FAILED,
     "interrupted": RunStatus.KILLED,
+    "abandoned": RunStatus.FAILED,
 }
 
 

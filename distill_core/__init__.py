@@ -8,7 +8,7 @@ from distill_core.errors import ConfigError, DataError, TeacherError, UserError
 from distill_core.methods import METHODS, Method
 from distill_core.models import MODELS, build_model
 from distill_core.teachers import TeacherStore, required_teachers
-from distill_core.trainer import EpochReport, FitResult, fit
+from distill_core.trainer import EpochReport, FitResult, fit, fit_epochs
 
 __all__ = [
     "DATASETS",
@@ -26,6 +26,7 @@ __all__ = [
     "UserError",
     "build_model",
     "fit",
+    "fit_epochs",
     "load_config",
     "load_data",
     "make_config",

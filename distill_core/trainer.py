@@ -1,8 +1,10 @@
 """The training loop. Read this file first.
 
-``fit(config)`` loads the data, gets the teacher from the store (if the method uses one), builds
-the method's networks, then for each epoch: train on batches, evaluate on the validation split,
-report to ``on_epoch``. Test metrics are computed once, at the end, and never used for selection.
+``fit_epochs(config)`` loads the data, gets the teacher from the store (if the method uses one),
+builds the method's networks, then for each epoch: train on batches, evaluate on the validation
+split, yield an ``EpochReport``. Test metrics are computed once, after the last epoch, and never
+used for selection; the last report carries the ``FitResult``. ``fit(config)`` is the same loop
+with a callback.
 
 For speed: the data live as tensors on the device and batches are drawn by index; networks are
 channels-last (``run.channels_last``) and optionally compiled (``run.compile``); optimizers are
@@ -16,7 +18,7 @@ import copy
 import itertools
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,15 +38,6 @@ CRASH_WARMUP = 0.1  # ... once the first 10% of epochs are done
 
 
 @dataclass
-class EpochReport:
-    """What ``on_epoch`` receives after each epoch (epochs count from 1)."""
-
-    epoch: int
-    metrics: dict[str, float]
-    state: Callable[[], dict[str, Any]]  # full training state, for ``fit(resume_from=...)``
-
-
-@dataclass
 class FitResult:
     status: str  # completed | crashed (at chance at the end) | diverged (non-finite loss)
     history: list[dict[str, float]] = field(default_factory=list)
@@ -52,6 +45,16 @@ class FitResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"status": self.status, "final": self.final, "epochs": len(self.history)}
+
+
+@dataclass
+class EpochReport:
+    """One epoch of a run (epochs count from 1), as ``fit_epochs`` yields it."""
+
+    epoch: int
+    metrics: dict[str, float]
+    state: Callable[[], dict[str, Any]]  # full training state, for ``resume_from=``
+    result: FitResult | None = None  # set on the last report only: the run's outcome
 
 
 def resolve_device(name: str) -> torch.device:
@@ -70,9 +73,35 @@ def fit(
 ) -> FitResult:
     """Train one run of ``cfg`` and return its history, final metrics and status.
 
+    ``on_epoch`` is called with every epoch's report except a diverged one; the other arguments
+    are those of ``fit_epochs``.
+    """
+    for report in fit_epochs(cfg, resume_from=resume_from, data=data, log=log):
+        result = report.result
+        if result is not None and result.status == "diverged":
+            return result
+        if on_epoch is not None:
+            on_epoch(report)
+        if result is not None:
+            return result
+    raise AssertionError("fit_epochs ended without a result")
+
+
+def fit_epochs(
+    cfg: Config,
+    *,
+    resume_from: dict[str, Any] | None = None,
+    data: Splits | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Iterator[EpochReport]:
+    """Train one run of ``cfg``, yielding a report after every epoch.
+
+    The last report carries the run's ``FitResult``: after the test metrics are computed, or on
+    a non-finite training loss (status ``diverged``; that epoch's report ends the iterator).
+    Resumed from the last epoch's state, it yields that epoch's report again, with the result.
+
     Args:
         cfg: a validated config.
-        on_epoch: called after every epoch with the metrics and a function returning the training state.
         resume_from: a state from ``EpochReport.state()``; training continues after its epoch.
         data: pre-loaded splits (shared by trials); loaded from ``cfg.data`` when absent.
         log: where teacher training and other notes are printed (default: nowhere).
@@ -139,6 +168,26 @@ def fit(
             "crashed_epochs": crashed_epochs,
         }
 
+    def finish() -> FitResult:
+        final = dict(history[-1])
+        final.pop("epoch")
+        final.update(
+            evaluate(
+                method,
+                data,
+                "test",
+                teacher_logits.get("test"),
+                cfg.run.eval_batch_size,
+                pick=final,
+            )
+        )
+        return FitResult("crashed" if final.get("crashed") else "completed", history, final)
+
+    if start_epoch == cfg.run.epochs:  # resumed after the last epoch: only the test metrics remain
+        last = {k: v for k, v in history[-1].items() if k != "epoch"}
+        yield EpochReport(start_epoch, last, lambda: state(start_epoch), finish())
+        return
+
     for epoch in range(start_epoch, cfg.run.epochs):
         t0 = time.perf_counter()
         lr = optimizers[0].param_groups[0]["lr"]
@@ -164,7 +213,11 @@ def fit(
         )  # the epoch's one wait for the device
         if not math.isfinite(train_loss):
             history.append({"epoch": epoch + 1, "train_loss": train_loss})
-            return FitResult("diverged", history, {"train_loss": train_loss})
+            result = FitResult("diverged", history, {"train_loss": train_loss})
+            yield EpochReport(
+                epoch + 1, {"train_loss": train_loss}, lambda e=epoch + 1: state(e), result
+            )
+            return
 
         metrics: dict[str, float] = {"train_loss": train_loss, "lr": lr}
         metrics.update(
@@ -186,17 +239,10 @@ def fit(
             epoch_time=time.perf_counter() - t0,
         )
         history.append({"epoch": epoch + 1, **metrics})
-        if on_epoch is not None:
-            on_epoch(EpochReport(epoch + 1, metrics, lambda e=epoch + 1: state(e)))
-
-    final = dict(history[-1])
-    final.pop("epoch")
-    final.update(
-        evaluate(
-            method, data, "test", teacher_logits.get("test"), cfg.run.eval_batch_size, pick=final
+        last = epoch + 1 == cfg.run.epochs
+        yield EpochReport(
+            epoch + 1, metrics, lambda e=epoch + 1: state(e), finish() if last else None
         )
-    )
-    return FitResult("crashed" if final.get("crashed") else "completed", history, final)
 
 
 def evaluate(

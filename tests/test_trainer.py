@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import distill_core.trainer as trainer
-from distill_core import EpochReport, FitResult, fit, load_data, make_config
+from distill_core import EpochReport, FitResult, fit, fit_epochs, load_data, make_config
 from distill_core.config import Config, OptimConfig, ScheduleConfig
 from distill_core.data import Batch
 from distill_core.schedules import build_optimizer, build_schedule
@@ -171,6 +171,29 @@ def test_kd_on_digits_beats_chance_by_far(tmp_path: Path) -> None:
     }
     assert reports[-1].metrics == {k: v for k, v in result.history[-1].items() if k != "epoch"}
     assert result.to_dict() == {"status": "completed", "final": final, "epochs": 2}
+
+
+def test_fit_epochs_yields_every_epoch_and_the_result_last(tmp_path: Path) -> None:
+    cfg = config(tmp_path, method={"name": "scratch"}, run={"epochs": 3})
+    reports = list(fit_epochs(cfg))
+    assert [r.epoch for r in reports] == [1, 2, 3]
+    assert [r.result is None for r in reports] == [True, True, False]
+    result = reports[-1].result
+    assert result is not None and result.status == "completed"
+    assert [without_time(r.metrics) for r in reports] == [
+        without_time({k: v for k, v in h.items() if k != "epoch"}) for h in result.history
+    ]
+    same_run(result, fit(cfg))
+    assert "test_acc" in result.final and "test_acc" not in reports[-1].metrics
+
+
+def test_fit_epochs_resumed_after_the_last_epoch_yields_the_result(tmp_path: Path) -> None:
+    cfg = config(tmp_path, method={"name": "scratch"})
+    reports = list(fit_epochs(cfg))
+    again = list(fit_epochs(cfg, resume_from=reports[-1].state()))
+    assert [r.epoch for r in again] == [2]
+    assert again[0].result is not None and reports[-1].result is not None
+    same_run(again[0].result, reports[-1].result)
 
 
 def test_scratch_has_no_teacher_metrics_and_trains_no_teacher(tmp_path: Path) -> None:
@@ -384,6 +407,11 @@ def test_non_finite_loss_stops_the_run_as_diverged(tmp_path: Path) -> None:
     assert not math.isfinite(result.history[-1]["train_loss"])
     assert len(result.history) < 3 and seen == [h["epoch"] for h in result.history[:-1]]
     assert not math.isfinite(result.final["train_loss"])
+    reports = list(fit_epochs(cfg))
+    assert [r.result is None for r in reports] == [True] * len(seen) + [False]
+    last = reports[-1].result
+    assert last is not None and last.status == "diverged" and len(last.history) == len(reports)
+    assert not math.isfinite(reports[-1].metrics["train_loss"])
 
 
 def test_a_nan_loss_diverges_even_with_a_sane_config(

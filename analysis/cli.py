@@ -34,7 +34,7 @@ def report(study: str, tracking_uri: str | None, out: Path | None, force: bool) 
     """
     from analysis.report import ARTIFACT_DIR, write_report
     from analysis.study import load_study
-    from studies.tracking import open_client
+    from tracking.client import open_client
 
     out = out or Path("runs") / "reports" / study
     require_writable(out, "pass a writable --out folder")
@@ -87,7 +87,7 @@ def export(
     from analysis.export import export_configs, final_runs
     from analysis.report import mean_std
     from analysis.study import load_study
-    from studies.tracking import open_client
+    from tracking.client import open_client
 
     if seeds is not None and not final:
         raise UserError("--seeds only applies to final runs; add --final or drop --seeds")
@@ -145,7 +145,7 @@ def ui(
     """
     from analysis.study import list_studies
     from analysis.ui import free_port, serve
-    from studies.tracking import artifact_root, open_client
+    from tracking.client import artifact_root, open_client
 
     if tracking_uri and store:
         raise UserError("pass either --tracking-uri or --store, not both")

@@ -22,7 +22,7 @@ from analysis.outdir import prepare_out
 from analysis.report import mean_std
 from analysis.study import FINISHED, TEST_METRICS, Study, seed_key
 from distill_core import Config, EpochReport, UserError, fit, load_config, make_config
-from studies.tracking import RunLogger
+from tracking.client import RunLogger
 
 
 @dataclass

@@ -59,3 +59,18 @@ def build_schedule(
         optimizer, start_factor=1.0 / (w + 1), end_factor=1.0, total_iters=w
     )
     return lr_scheduler.SequentialLR(optimizer, [warmup, main], milestones=[w]), False
+
+
+def scale_epochs(schedule: dict, from_epochs: int, to_epochs: int) -> dict:
+    """A schedule section (as a dict) for ``to_epochs`` instead of ``from_epochs`` epochs: step
+    milestones and warm-up epochs scale by the same factor (rounded, kept inside 1..to-1, repeats
+    dropped)."""
+    out = dict(schedule)
+    factor = to_epochs / from_epochs
+    if out.get("milestones"):
+        out["milestones"] = sorted(
+            {min(max(1, round(m * factor)), to_epochs - 1) for m in out["milestones"]} - {0}
+        )
+    if out.get("warmup_epochs"):
+        out["warmup_epochs"] = min(max(1, round(out["warmup_epochs"] * factor)), to_epochs - 1)
+    return out

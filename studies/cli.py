@@ -6,12 +6,15 @@ Every user mistake (``UserError``) is printed as one ``error:`` line and exits w
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
 import sys
 from typing import Any
 
 import click
 
+from analysis.cli import export, report, ui
 from distill_core import (
     METHODS,
     Config,
@@ -22,6 +25,7 @@ from distill_core import (
     load_config,
     load_data,
 )
+from studies.run_cli import run, spaces
 
 
 class Group(click.Group):
@@ -55,6 +59,10 @@ def main() -> None:
     methods   the registered training methods
     teachers  the teacher checkpoint store
     """
+    # MLflow sets up INFO logging of its own (database migrations, ...) when it is imported: its
+    # own variable sets the level it starts with. This process is the command's.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def epoch_line(report: EpochReport, epochs: int) -> str:
@@ -161,11 +169,12 @@ def train(
     TeacherStore(cfg.run.teacher_store).check(cfg)
     logger = None
     if not no_tracking:
-        from studies.tracking import RunLogger, get_or_create_experiment, open_client
+        from tracking.client import RunLogger, get_or_create_experiment, open_client
+        from tracking.schema import KIND, Status
 
         client = open_client(tracking_uri)
         logger = RunLogger.start(
-            client, get_or_create_experiment(client, experiment), cfg, tags={"kind": "train"}
+            client, get_or_create_experiment(client, experiment), cfg, tags={KIND: "train"}
         )
         say(f"mlflow: run {logger.run_id} in experiment {experiment!r} at {client.tracking_uri}")
 
@@ -178,15 +187,15 @@ def train(
         result = fit(cfg, on_epoch=on_epoch, data=data, log=say)
     except KeyboardInterrupt:
         if logger is not None:
-            logger.finish("interrupted")
+            logger.finish(Status.INTERRUPTED)
         say("interrupted: the epochs done so far are recorded")
         sys.exit(130)
     except BaseException:
         if logger is not None:
-            logger.finish("failed")
+            logger.finish(Status.FAILED)
         raise
     if logger is not None:
-        logger.finish(result.status, result.final, step=len(result.history))
+        logger.finish(Status(result.status), result.final, step=len(result.history))
     for line in summary_lines(result.status, result.final):
         say(line)
     if as_json:
@@ -259,14 +268,6 @@ def teachers_list(store: str) -> None:
         )
 
 
-# Commands defined next to the code they drive register themselves here, one line each.
-from analysis.cli import export, report, ui  # noqa: E402
-
-main.add_command(report)
-main.add_command(export)
-main.add_command(ui)
-
-from studies.run_cli import run, spaces  # noqa: E402
-
-main.add_command(run)
-main.add_command(spaces)
+# Commands defined next to the code they drive, one line each.
+for command in (run, spaces, report, export, ui):
+    main.add_command(command)

@@ -9,6 +9,7 @@ import sys
 
 import click
 
+from distill_core import DATASETS
 from studies.spaces import SAMPLERS, SCHEDULERS, list_spaces
 
 
@@ -24,7 +25,7 @@ from studies.spaces import SAMPLERS, SCHEDULERS, list_spaces
 @click.option(
     "--dataset",
     default=None,
-    help="Data set (data.name): mnist5k, digits, synthetic, fashion_mnist, cifar10, cifar100.",
+    help=f"Data set (data.name): {', '.join(DATASETS.names())}.",
 )
 @click.option(
     "--data-dir", default=None, help="Folder holding a torchvision-layout data set (data.dir)."
@@ -127,9 +128,10 @@ def run(space: str, **kwargs: object) -> None:
       distill-study run alpha --resume
     """
     from studies.runner import StudyOptions, run_study
+    from tracking.schema import StudyStatus
 
     result = run_study(StudyOptions(space=space, **kwargs), say=click.echo)  # type: ignore[arg-type]
-    if result.status == "interrupted":
+    if result.status == StudyStatus.INTERRUPTED:
         sys.exit(130)
 
 

@@ -10,8 +10,11 @@ A search-space module declares, at module level (see ``search_spaces/alpha.py``,
 - ``GRID``: the values of each parameter ``space`` asks for, used by ``--sampler grid``.
 
 Optional: ``OBJECTIVES`` (``[(metric, mode), ...]`` for ``--sampler nsga2``), ``BASELINES``
-(points run before sampling, e.g. a baseline method), ``TRIALS``, ``SEEDS``, ``SAMPLER``
-(defaults of a preset) and ``PRESET`` (which seed paper it reproduces; makes it a preset).
+(points run before sampling, e.g. a baseline method), ``TRIALS``, ``SEEDS``, ``SAMPLER``,
+``SCHEDULER`` (defaults of a preset; the scheduler defaults to ``none`` for a grid preset, whose
+arms must run their full schedule, else ``asha``) and ``PRESET`` (which seed paper it reproduces;
+makes it a preset). A parameter whose name has no dot (e.g. ``arm``) is a label that picks
+overrides, not a config key.
 """
 
 from __future__ import annotations
@@ -113,6 +116,11 @@ class SearchSpace:
     def sampler(self) -> str:
         return getattr(self.module, "SAMPLER", "tpe")
 
+    @property
+    def scheduler(self) -> str:
+        """Early stopping by default: none for a grid (every arm runs its whole schedule)."""
+        return getattr(self.module, "SCHEDULER", "none" if self.sampler == "grid" else "asha")
+
     def grid_points(self) -> Iterator[dict[str, Any]]:
         """Every baseline and grid point, as the dotted overrides ``space`` returns for it."""
         from optuna.trial import FixedTrial
@@ -211,4 +219,6 @@ def _validate(s: SearchSpace) -> SearchSpace:
         )
     if s.sampler not in SAMPLERS:
         raise UserError(f"{where}: SAMPLER={s.sampler!r}; use one of {', '.join(SAMPLERS)}")
+    if s.scheduler not in SCHEDULERS:
+        raise UserError(f"{where}: SCHEDULER={s.scheduler!r}; use one of {', '.join(SCHEDULERS)}")
     return s

@@ -13,25 +13,21 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlflow.entities import Param, RunStatus
 from mlflow.tracking import MlflowClient
 from ray import cloudpickle, tune
 
 from distill_core import UserError
-from studies import tracking
+from studies.trial import failure_reason
+from tracking import schema
+from tracking.client import RunLogger, last_step, params, search_runs
+from tracking.schema import Role, Status
 
 if TYPE_CHECKING:
-    from studies.runner import Plan
+    from studies.plan import Plan
 
 ABANDONED = (
     "the driver stopped before Ray Tune saved this trial, so its config was sampled again on resume"
 )
-
-
-def failure_reason(exc: BaseException) -> str:
-    """``Type: first line of its message``: an exception in one line (``distill.failure_reason``)."""
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0] if lines else ''}".strip()[:500]
 
 
 def trial_error(trial: Any) -> str:
@@ -97,16 +93,14 @@ class StudyTracker(tune.Callback):
     def setup(self, total_num_samples: int | None = None, **info: Any) -> None:
         self._client = MlflowClient(self.tracking_uri)
         self._total = total_num_samples or 0
-        children = (
-            f"tags.`mlflow.parentRunId` = '{self.parent_run_id}' and tags.`distill.role` = 'trial'"
-        )
-        for run in self._client.search_runs([self.experiment_id], children, max_results=50_000):
+        children = schema.children(self.parent_run_id)
+        for run in search_runs(self._client, [self.experiment_id], children):
             tags, run_id = run.data.tags, run.info.run_id
-            self._runs.setdefault(tags["distill.trial_id"], {})[tags["seed"]] = run_id
-            status = tags.get("status", "running")
-            if status == "interrupted":
+            self._runs.setdefault(tags[schema.TRIAL_ID], {})[tags[schema.SEED]] = run_id
+            status = tags.get(schema.STATUS, Status.RUNNING)
+            if status == Status.INTERRUPTED:
                 self._reopen.add(run_id)
-            elif status != "running":
+            elif status != Status.RUNNING:
                 self._ended.add(run_id)
 
     def on_step_begin(self, iteration: int, trials: list[Any], **info: Any) -> None:
@@ -116,34 +110,30 @@ class StudyTracker(tune.Callback):
         known = {t.trial_id for t in trials}
         for trial_id in set(self._runs) - known:
             for run_id in self._runs.pop(trial_id).values():
-                self._client.set_tag(run_id, "distill.role", "abandoned")
-                tracking.RunLogger(self._client, run_id).finish("abandoned", reason=ABANDONED)
+                RunLogger(self._client, run_id).abandon(ABANDONED)
 
     def _run(self, trial: Any, seed: int) -> str:
         seeds = self._runs.setdefault(trial.trial_id, {})
         if str(seed) not in seeds:
             tags = {
-                "mlflow.parentRunId": self.parent_run_id,
-                "distill.role": "trial",
-                "distill.trial_id": trial.trial_id,
-                "distill.group": trial.trial_id,
-                "distill.axes": ",".join(a for a in self.axes if a in trial.config),
-                "space": self.space,
+                schema.PARENT: self.parent_run_id,
+                schema.ROLE: Role.TRIAL,
+                schema.TRIAL_ID: trial.trial_id,
+                schema.GROUP: trial.trial_id,
+                schema.AXES: ",".join(a for a in self.axes if a in trial.config),
+                schema.SPACE_NAME: self.space,
             }
             name = f"{trial.trial_id}-s{seed}"
             try:
                 cfg = self.plan.config(trial.config, seed)
             except UserError:  # a sampled config the trainer refuses: its failed run still shows
-                tags.update(seed=str(seed), status="running")
+                tags.update({schema.SEED: str(seed), schema.STATUS: Status.RUNNING})
                 run_id = self._client.create_run(
                     self.experiment_id, tags=tags, run_name=name
                 ).info.run_id
-                sampled = [
-                    Param(k, str(v)[: tracking.MAX_PARAM_LENGTH]) for k, v in trial.config.items()
-                ]
-                self._client.log_batch(run_id, params=sampled)
+                self._client.log_batch(run_id, params=params(trial.config))
             else:
-                run_id = tracking.RunLogger.start(
+                run_id = RunLogger.start(
                     self._client, self.experiment_id, cfg, run_name=name, tags=tags
                 ).run_id
             seeds[str(seed)] = run_id
@@ -151,8 +141,7 @@ class StudyTracker(tune.Callback):
         run_id = seeds[str(seed)]
         if run_id in self._reopen:
             self._reopen.discard(run_id)
-            self._client.set_tag(run_id, "status", "running")
-            self._client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+            RunLogger(self._client, run_id).reopen()
         return run_id
 
     def on_trial_result(
@@ -162,10 +151,10 @@ class StudyTracker(tune.Callback):
             run_id = self._run(trial, int(seed))
             if run_id in self._ended:
                 continue
-            logger = tracking.RunLogger(self._client, run_id)
+            logger = RunLogger(self._client, run_id)
             if "metrics" in got:
                 if run_id not in self._steps:
-                    self._steps[run_id] = tracking.last_step(self._client, run_id)
+                    self._steps[run_id] = last_step(self._client, run_id)
                 if got["epoch"] > self._steps[run_id]:  # a restored trial replays no epoch
                     logger.log_epoch(got["epoch"], got["metrics"])
                     self._steps[run_id] = got["epoch"]
@@ -175,21 +164,21 @@ class StudyTracker(tune.Callback):
                 )
                 self._ended.add(run_id)
 
-    def _close(self, trial: Any, status: str, reason: str | None = None) -> None:
+    def _close(self, trial: Any, status: Status, reason: str | None = None) -> None:
         for run_id in self._runs.get(trial.trial_id, {}).values():
             if run_id not in self._ended:
-                tracking.RunLogger(self._client, run_id).finish(status, reason=reason)
+                RunLogger(self._client, run_id).finish(status, reason=reason)
                 self._ended.add(run_id)
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         # Trials that return end every run themselves; what is still open was stopped early.
-        self._close(trial, "early-stopped")
+        self._close(trial, Status.EARLY_STOPPED)
         self._say(trials, trial)
 
     def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         """A trial whose worker failed and that Ray retries: its runs stay open and continue."""
         for run_id in self._runs.get(trial.trial_id, {}).values():
-            self._client.set_tag(run_id, "distill.retries", str(trial.num_failures))
+            self._client.set_tag(run_id, schema.RETRIES, str(trial.num_failures))
         print(
             f"trial {trial.trial_id}: {trial_error(trial)}; retrying from its last checkpoint "
             f"(retry {trial.num_failures} of {trial.max_failures})",
@@ -199,7 +188,7 @@ class StudyTracker(tune.Callback):
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         for seed in self.plan.seeds:  # also a trial that failed before its first report
             self._run(trial, seed)
-        self._close(trial, "failed", trial_error(trial))
+        self._close(trial, Status.FAILED, trial_error(trial))
         self._say(trials, trial, failed=True)
 
     def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
@@ -210,7 +199,7 @@ class StudyTracker(tune.Callback):
         """
         for seeds in self._runs.values():
             for run_id in set(seeds.values()) - self._ended - self._reopen:
-                tracking.RunLogger(self._client, run_id).finish("interrupted")
+                RunLogger(self._client, run_id).finish(Status.INTERRUPTED)
                 self._reopen.add(run_id)
 
     def _say(self, trials: list[Any], trial: Any, failed: bool = False) -> None:
@@ -218,7 +207,7 @@ class StudyTracker(tune.Callback):
         last = trial.last_result or {}
         sampled = "  ".join(f"{k}={short(v)}" for k, v in trial.config.items())
         value = last.get(self.objective, math.nan)
-        failures = [s for s in last.get("seeds", {}).values() if s.get("status") == "failed"]
+        failures = [s for s in last.get("seeds", {}).values() if s.get("status") == Status.FAILED]
         if failed:
             attempts = f", after {trial.num_failures} attempts" if trial.num_failures > 1 else ""
             outcome = f"failed{attempts}: {trial_error(trial)} (error.txt in its trial folder)"

@@ -26,7 +26,7 @@ from mlflow.tracking import MlflowClient
 from analysis.plots import DPI, FIGSIZE
 from distill_core import EpochReport, fit, make_config
 from studies.cli import main
-from studies.tracking import RunLogger, get_or_create_experiment, open_client
+from tracking.client import RunLogger, get_or_create_experiment, open_client
 
 STUDY = "alpha"
 SEEDS = (0, 1)

@@ -25,7 +25,7 @@ from click.testing import CliRunner
 
 from distill_core import fit, make_config
 from studies.cli import main
-from studies.tracking import RunLogger, get_or_create_experiment, open_client
+from tracking.client import RunLogger, get_or_create_experiment, open_client
 
 STUDY = "tiny"
 # Teacher epochs 1 and 3 are stored (save_epochs [1] keeps the last too); epoch 2 never is.

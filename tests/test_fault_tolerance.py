@@ -23,6 +23,7 @@ from types import SimpleNamespace
 
 import optuna
 import pytest
+import ray
 import torch
 from click.testing import CliRunner
 from mlflow.entities import Run, ViewType
@@ -30,12 +31,15 @@ from mlflow.tracking import MlflowClient
 
 from analysis.report import failures
 from analysis.study import load_study
-from distill_core import load_data, make_config
-from studies import tracking
+from distill_core import ConfigError, DataError, load_data, make_config
 from studies.cli import main
-from studies.runner import DETERMINISTIC, SAMPLER_SEED, Plan, StudyOptions, lockstep, run_study
+from studies.options import SAMPLER_SEED
+from studies.plan import Plan
+from studies.runner import StudyOptions, run_study
 from studies.spaces import load_space
 from studies.tracker import ABANDONED, StudyTracker
+from studies.trial import lockstep, retryable
+from tracking import client as tracking
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_MPS = pytest.mark.skipif(
@@ -167,11 +171,8 @@ def test_a_seed_that_raises_fails_its_trial_and_stops_the_other_seeds(tmp_path: 
             "run": {"epochs": 3, "device": "cpu"}}  # fmt: skip
     cfgs = {0: make_config(base), 1: make_config(base, {"run.seed": 1, "run.device": "mps"})}
 
-    def save(state: dict) -> str:
-        torch.save(state, tmp_path / "state.pt")
-        return str(tmp_path)
-
-    rows = [row for row, _ in lockstep(cfgs, load_data(cfgs[0].data), {}, save, ("val_acc",))]
+    steps = list(lockstep(cfgs, load_data(cfgs[0].data), {}, ("val_acc",)))
+    rows = [row for row, _ in steps]
     assert len(rows) == 1 and rows[0]["finished"] and math.isnan(rows[0]["val_acc"])
     seeds = rows[0]["seeds"]
     assert seeds["1"] == {
@@ -180,8 +181,39 @@ def test_a_seed_that_raises_fails_its_trial_and_stops_the_other_seeds(tmp_path: 
         "epochs": 0,
         "reason": "RuntimeError: PyTorch is not linked with support for mps devices",
     }
-    assert seeds["0"]["status"] == "early-stopped" and seeds["0"]["epoch"] == 1
-    assert issubclass(torch.OutOfMemoryError, DETERMINISTIC)  # CUDA out of memory: not retried
+    # the other seed is stopped with a status and reason that say why, not "early-stopped"
+    assert seeds["0"]["status"] == "cancelled" and seeds["0"]["epoch"] == 1
+    assert seeds["0"]["reason"] == "stopped because seed 1 of its trial failed"
+    cancelled = {"status": "cancelled", "final": {}, "epochs": 1, "reason": seeds["0"]["reason"]}
+    assert steps[0][1] == {"states": {}, "ended": {0: cancelled, 1: seeds["1"]}}
+
+
+@pytest.mark.parametrize(
+    ("error", "retried"),
+    [
+        (ConfigError("method.alpha must be in [0, 1]"), False),  # the user's config
+        (DataError("cifar10: missing /data"), False),  # data that cannot be read
+        (ValueError("bad value"), False),
+        (RuntimeError("mat1 and mat2 shapes cannot be multiplied"), False),  # a bug in the code
+        (RuntimeError("PyTorch is not linked with support for mps devices"), False),
+        (KeyError("x"), False),
+        (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), True),
+        (
+            RuntimeError(
+                "[enforce fail at alloc_cpu.cpp] DefaultCPUAllocator: can't allocate memory"
+            ),
+            True,
+        ),
+        (MemoryError(), True),
+        (OSError(28, "No space left on device"), True),  # I/O
+        (ConnectionResetError("peer reset"), True),  # network
+        (BrokenPipeError(), True),
+        (ray.exceptions.ActorDiedError(), True),  # a lost worker
+        (ray.exceptions.ObjectLostError("ab" * 14, "owner", ""), True),  # a lost object or node
+    ],
+)
+def test_retry_policy_by_kind_of_error(error: BaseException, retried: bool) -> None:
+    assert retryable(error) is retried
 
 
 @NO_MPS

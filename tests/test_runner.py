@@ -26,7 +26,7 @@ from distill_core import TeacherStore, make_config
 from studies.cli import main
 from studies.runner import StudyOptions, run_study
 from studies.spaces import list_spaces
-from studies.tracking import resolve_tracking_uri
+from tracking.client import resolve_tracking_uri
 
 TERMINAL = {"completed", "early-stopped", "crashed", "diverged", "failed"}
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from distill_core import UserError
 from studies.cli import main
-from studies.runner import Plan, fit_to_epochs, shrink
+from studies.plan import Plan, check, scale_to, shrink
 from studies.spaces import list_spaces, load_space
 
 NAMES = [s.name for s in list_spaces()]
@@ -19,9 +19,9 @@ AXES = {"alpha", "temperature", "lr_schedule", "dkel_decay", "teacher_epoch", "i
 PRESETS = {"dml_vs_kd", "alpha_mse", "dkel_decay", "teacher_efficacy", "kd_fidelity", "quickstart"}
 
 
-def plan_for(base: dict, *, smoke: bool = False) -> Plan:
+def plan_for(base: dict, *, smoke: bool = False, epochs: int | None = None) -> Plan:
     return Plan(
-        base=base, seeds=(0,), threads=1, objectives=("val_acc",), smoke_epochs=2 if smoke else 0
+        base=base, seeds=(0,), threads=1, objectives=("val_acc",), epochs=epochs, smoke=smoke
     )
 
 
@@ -62,27 +62,43 @@ def test_conditional_parameters_are_asked_only_when_they_apply() -> None:
 
 
 def test_smoke_shrinks_any_config_to_tiny() -> None:
-    tree = shrink(load_space("teacher_efficacy").base)
-    cfg = plan_for(tree).config({"teacher.epoch": 100, "method.name": "takd"}, 3)
+    base = load_space("teacher_efficacy").base
+    cfg = plan_for(base, smoke=True).config({"teacher.epoch": 100, "method.name": "takd"}, 3)
     assert (cfg.data.name, cfg.model.name, cfg.teacher.model, cfg.method.ta_model) == (
         "synthetic",
         "mlp",
         "mlp",
         "mlp",
     )
-    assert cfg.run.epochs == 2 and cfg.teacher.epoch == 2 and cfg.run.seed == 3
+    # the whole schedule scaled to 2 epochs: the teacher's too, epoch 100 of 200 -> 1 of 2
+    assert cfg.run.epochs == 2 and cfg.teacher.epochs == 2 and cfg.teacher.epoch == 1
+    assert cfg.run.seed == 3 and shrink(base)["run"]["batch_size"] == 64
 
 
-def test_fit_to_epochs_clamps_epoch_valued_choices() -> None:
+def test_shortening_scales_every_epoch_valued_setting_as_a_fraction() -> None:
     tree = {
-        "run": {"epochs": 4},
-        "schedule": {"name": "step", "milestones": [2, 6], "warmup_epochs": 0},
-        "method": {"name": "eskd", "kd_stop_epoch": 9},
-        "teacher": {"epochs": 3, "epoch": 8},
-    }
-    out = fit_to_epochs(tree)
-    assert out["schedule"]["milestones"] == [2]
-    assert out["method"]["kd_stop_epoch"] == 4 and out["teacher"]["epoch"] == 3
+        "run": {"epochs": 300},
+        "schedule": {"name": "step", "milestones": [150, 225], "warmup_epochs": 3},
+        "method": {"name": "eskd", "kd_stop_epoch": 60},
+        "teacher": {"epochs": 200, "epoch": 50, "save_epochs": [25, 50, 100],
+                    "schedule": {"name": "step", "milestones": [60, 120, 160]}},
+    }  # fmt: skip
+    out = scale_to(tree, 30)
+    assert out["run"]["epochs"] == 30
+    assert out["schedule"]["milestones"] == [15, 22] and out["schedule"]["warmup_epochs"] == 1
+    assert out["method"]["kd_stop_epoch"] == 6
+    assert out["teacher"]["epochs"] == 20 and out["teacher"]["epoch"] == 5
+    assert out["teacher"]["save_epochs"] == [2, 5, 10]
+    assert out["teacher"]["schedule"]["milestones"] == [6, 12, 16]
+    assert scale_to(tree, 300) == tree
+
+
+def test_arms_that_become_one_config_when_shortened_are_refused() -> None:
+    space = load_space("teacher_epoch")
+    points = [{"teacher.epoch": 1, "method.name": "kd"}, {"teacher.epoch": 2, "method.name": "kd"}]
+    check(space, plan_for(space.base), points)  # 8 teacher epochs: distinct
+    with pytest.raises(UserError, match="give the same config at --epochs 1.*more --epochs"):
+        check(space, plan_for(space.base, epochs=1), points)
 
 
 def write_module(folder: Path, objective: str = "val_acc", extra: str = "") -> Path:

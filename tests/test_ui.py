@@ -23,7 +23,7 @@ import torch
 
 from analysis.ui import port_is_free
 from distill_core import fit, make_config
-from studies.tracking import RunLogger, get_or_create_experiment, open_client
+from tracking.client import RunLogger, get_or_create_experiment, open_client
 
 STUDY = "uistudy"
 START_TIMEOUT_S = 120

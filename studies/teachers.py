@@ -1,0 +1,68 @@
+"""The teachers a study needs, trained once each, in parallel Ray tasks, before any trial starts.
+
+Every distinct teacher (stage 0) and teacher assistant (stage 1, distilled from a stage-0 teacher)
+that the space's grid points and baselines ask for goes into the teacher store; trials only load
+them. A continuous axis that changes the teacher trains the rest on demand, once each (the store's
+file lock).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import ray
+import torch
+
+from distill_core import Config, TeacherStore, required_teachers
+from distill_core.teachers import store_key
+from studies.plan import Plan
+from studies.spaces import SearchSpace
+from studies.trial import SharedData
+
+Stage = dict[str, tuple[Config, list[int] | None]]  # store key -> (training config, epochs kept)
+
+
+@ray.remote
+def _train(
+    root: str, spec: Config, save_epochs: list[int] | None, data: SharedData, threads: int
+) -> str:
+    torch.set_num_threads(threads)
+    TeacherStore(root).ensure(spec, save_epochs=save_epochs, data=data.splits(spec.data))
+    return store_key(spec)
+
+
+def stages(space: SearchSpace, plan: Plan) -> list[Stage]:
+    """Every distinct store entry the space's grid and baselines ask for, by training stage."""
+    found: list[Stage] = []
+    for point in space.grid_points():
+        cfg = plan.config(point, plan.seeds[0])
+        for stage, (spec, _epoch, save) in enumerate(required_teachers(cfg)):
+            if len(found) <= stage:
+                found.append({})
+            found[stage].setdefault(store_key(spec), (spec, save))
+    return found
+
+
+def train_missing(
+    space: SearchSpace,
+    plan: Plan,
+    store: TeacherStore,
+    data: Any,
+    resources: dict[str, float],
+    say: Callable[[str], None],
+) -> list[str]:
+    """Train the missing store entries, stage by stage; returns the keys trained."""
+    trained: list[str] = []
+    found = stages(space, plan)
+    for i, stage in enumerate(found):
+        todo = {k: v for k, v in stage.items() if store.meta(v[0]) is None}
+        if not todo:
+            continue
+        kind = "teacher assistant" if i > 0 else "teacher"
+        say(f"training {len(todo)} {kind}(s) once, before the trials: {', '.join(todo)}")
+        task = _train.options(num_cpus=resources["cpu"], num_gpus=resources["gpu"])
+        trained += ray.get(
+            [task.remote(str(store.root), s, e, data, plan.threads) for s, e in todo.values()]
+        )
+    return trained

@@ -176,26 +176,45 @@ class MethodConfig(Section):
 
 
 class DKELConfig(Section):
+    """PCL and DKEL (seed 002); defaults as the official DKEL code's CIFAR-10 config."""
+
     beta: float = Field(
-        0.1,
+        0.5,
         ge=0.0,
         le=100.0,
-        description="decay rate of the teacher-ensemble weight w(e) = exp(-beta*e)",
+        description="dkel: rate of the ensemble weight w(e) = exp(-beta*e), 0 once <= 0.01; decay cos and linear ignore it",
     )
     decay: Literal["exp", "cos", "linear"] = Field(
-        "exp", description="shape of the ensemble-weight decay over epochs"
+        "exp",
+        description="dkel: ensemble-weight schedule, exp(-beta*e), 0.5*(1+cos(pi*e/E)) or 1-e/E (E = run.epochs)",
     )
     ema_decay: float = Field(
-        0.5, ge=0.0, lt=1.0, description="EMA teacher update: t = d*t + (1-d)*s (pcl and dkel)"
+        0.999,
+        ge=0.0,
+        lt=1.0,
+        description="pcl/dkel: temporal-mean EMA decay d, used as min(1 - 1/(step+1), d) (mean-teacher warm-up)",
     )
     init_steps: int = Field(
-        1,
+        2,
         ge=0,
         le=10_000,
-        description="dkel: CE steps taken by each EMA teacher after copying its student",
+        description="dkel: CE steps of the temporal mean after copying the student (the code's init: 1 takes 2)",
     )
-    init_lr: float = Field(
-        0.01, gt=0.0, le=10.0, description="dkel: learning rate of those CE steps"
+    init_lr: float | None = Field(
+        None,
+        gt=0.0,
+        le=10.0,
+        description="dkel: learning rate of those steps (default: optim.lr / 100, as the code)",
+    )
+    rampup: Literal["intended", "code", "none"] = Field(
+        "intended",
+        description="pcl/dkel: ramp-up of the distillation weight to 0.1: sigmoid over rampup_epochs, the official code's (about 0 until epoch rampup_epochs), or none",
+    )
+    rampup_epochs: int = Field(
+        80,
+        ge=1,
+        le=10_000,
+        description="pcl/dkel: epochs of the ramp-up (80 of 300 in the official code)",
     )
 
 

@@ -1,9 +1,8 @@
-"""Methods: DKEL schedule and init, EMA, DML by hand, ESKD, TAKD, every method end to end."""
+"""Methods: DML by hand, ESKD, TAKD, every method end to end (PCL and DKEL: test_online_methods.py)."""
 
 from __future__ import annotations
 
 import copy
-import math
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +12,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from distill_core.config import PEER_METHODS, TEACHER_METHODS, Config, load_config, make_config
-from distill_core.data import Batch, Splits, batches, load_data
+from distill_core.data import Batch, Splits, load_data
 from distill_core.errors import ConfigError
 from distill_core.methods import METHODS, Method
-from distill_core.methods.dkel import ensemble_weight
-from distill_core.methods.online import ema_
 from distill_core.teachers import TeacherStore, assistant_spec, teacher_spec
 from distill_core.trainer import EpochReport, fit
 
@@ -60,90 +57,6 @@ def first(data: Splits, n: int) -> Batch:
 
 def sgd(method: Method, lr: float) -> list[torch.optim.Optimizer]:
     return [torch.optim.SGD(net.parameters(), lr=lr) for net in method.nets]
-
-
-# --- DKEL: decaying ensemble weight, EMA, decoupled init ------------------------------------
-
-
-def test_ensemble_weight_exp_is_exactly_exp_minus_beta_e() -> None:
-    assert [ensemble_weight("exp", 0.5, e, 10) for e in range(3)] == [
-        1.0,
-        math.exp(-0.5),
-        0.36787944117144233,
-    ]
-    assert all(ensemble_weight("exp", 0.3, e, 7) == math.exp(-0.3 * e) for e in range(7))
-
-
-def test_ensemble_weight_cos_and_linear_per_epoch() -> None:
-    cos = [ensemble_weight("cos", 0.1, e, 4) for e in range(4)]
-    assert cos == pytest.approx([1.0, 0.8535533905932737, 0.5, 0.14644660940672627], abs=1e-15)
-    assert [ensemble_weight("linear", 0.1, e, 4) for e in range(4)] == [1.0, 0.75, 0.5, 0.25]
-
-
-def test_dkel_method_uses_configured_decay(tmp_path: Path, digits: Splits) -> None:
-    cfg = config(tmp_path, **{"method.name": "dkel", "dkel.decay": "linear", "run.epochs": 5})
-    method = build(cfg, digits)
-    assert [method.ensemble_weight(e) for e in range(5)] == [
-        1.0,
-        0.8,
-        0.6,
-        0.4,
-        0.19999999999999996,
-    ]
-    pcl = build(config(tmp_path, **{"method.name": "pcl"}), digits)
-    assert pcl.ensemble_weight(0) == 0.0
-
-
-def test_ema_update_on_known_tensors() -> None:
-    teacher = [torch.tensor([1.0, 2.0]), torch.tensor([[0.0, 4.0]])]
-    student = [torch.tensor([3.0, 6.0]), torch.tensor([[2.0, 0.0]])]
-    ema_(teacher, student, decay=0.25)  # t = 0.25 * t + 0.75 * s
-    assert teacher[0].tolist() == [2.5, 5.0]
-    assert teacher[1].tolist() == [[1.5, 1.0]]
-    assert student[0].tolist() == [3.0, 6.0]
-
-
-@pytest.mark.parametrize("name", ["pcl", "dkel"])
-def test_teachers_follow_students_by_ema_after_each_step(
-    name: str, tmp_path: Path, digits: Splits
-) -> None:
-    cfg = config(tmp_path, **{"method.name": name, "dkel.ema_decay": 0.7})
-    method = build(cfg, digits)
-    before = [[p.clone() for p in t.parameters()] for t in method.teachers]
-    counts = [t[1].num_batches_tracked.item() for t in method.teachers]
-    method.train_step(first(digits, 64), 0, sgd(method, 0.1))
-    for t, s, old, count in zip(method.teachers, method.nets, before, counts, strict=True):
-        for pt, ps, p0 in zip(t.parameters(), s.parameters(), old, strict=True):
-            torch.testing.assert_close(pt, 0.7 * p0 + 0.3 * ps, rtol=0, atol=1e-6)
-            assert not pt.requires_grad
-        # BN statistics are the teacher's own: one train-mode forward, no copying.
-        assert t[1].num_batches_tracked.item() == count + 1
-    assert list(method.eval_models()) == ["peer0", "peer1"]
-    assert method.eval_models()["peer1"] is method.teachers[1]
-
-
-def test_decoupled_init_takes_the_given_sgd_steps(tmp_path: Path, digits: Splits) -> None:
-    cfg = config(tmp_path, **{"method.name": "dkel", "dkel.init_steps": 1, "dkel.init_lr": 0.01})
-    method = build(cfg, digits)
-    # The teachers draw successive batches from one generator seeded by run.seed.
-    generator = torch.Generator().manual_seed(cfg.run.seed)
-    draws = batches(digits.train_x, digits.train_y, cfg.run.batch_size, generator=generator)
-    for student, teacher in zip(method.nets, method.teachers, strict=True):
-        x, y, _ = next(draws)
-        manual = copy.deepcopy(student)
-        grads = torch.autograd.grad(F.cross_entropy(manual(x), y), list(manual.parameters()))
-        gap = 0.0
-        for ps, pt, g in zip(student.parameters(), teacher.parameters(), grads, strict=True):
-            torch.testing.assert_close(pt, ps - 0.01 * g, rtol=0, atol=1e-7)
-            gap = max(gap, (pt - ps).abs().max().item())
-        assert 0 < gap < 0.01  # related, not identical
-
-    copied = build(config(tmp_path, **{"method.name": "dkel", "dkel.init_steps": 0}), digits)
-    for student, teacher in zip(copied.nets, copied.teachers, strict=True):
-        for ps, pt in zip(
-            student.state_dict().values(), teacher.state_dict().values(), strict=True
-        ):
-            assert torch.equal(ps, pt)
 
 
 # --- DML ------------------------------------------------------------------------------------

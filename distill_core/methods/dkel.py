@@ -1,50 +1,58 @@
 """DKEL, decoupled knowledge with ensemble learning (Shao et al. 2023; seed 002): PCL + two ideas.
 
-Loss of student peer i in epoch e (counted from 0), all KL terms at temperature tau, scaled by
-tau^2, against detached targets:
+Followed: the official code, shaoeric/Decoupled-Knowledge-with-Ensemble-Learning-for-Online-
+Distillation (files named below), except its two defects (see ``online.rampup_weight`` and
+``online.BranchMethod``). Training is PCL's (``online.BranchMethod``); for branch i in epoch e
+(counted from 0) the term on the temporal mean mixes an ensemble KL with PCL's individual KLs
+(``src/losses/loss_wrapper.py``)::
 
-    L_i = CE(y, s_i) + KL(e_s || s_i) + KL(t_i || s_i) + w(e) * KL(e_t || s_i)
+    PM_i = w(e) * KL(mean_{j != i} tm_j || s_i) + (1 - w(e)) * mean_{j != i} KL(tm_j || s_i)
 
-s_i: the peer's logits; e_s: mean of the peers' logits (PCL's peer ensemble); t_i: the logits of
-peer i's EMA teacher (the *decoupled knowledge*); e_t: mean of the teachers' logits (the
-*teacher ensemble*), weighted by the decaying
+    w(e) = exp(-beta * e), set to 0 when <= 0.01   dkel.decay = exp (the paper's method)
+         = 0.5 * (1 + cos(pi * e / E))             dkel.decay = cos     (E = run.epochs)
+         = 1 - e / E                               dkel.decay = linear
 
-    w(e) = exp(-beta * e)                 dkel.decay = exp (the paper's method)
-         = 0.5 * (1 + cos(pi * e / E))    dkel.decay = cos       (E = run.epochs)
-         = 1 - e / E                      dkel.decay = linear
+The ensemble averages the other branches' temporal-mean *logits*. cos and linear are the
+paper's comparison schedules (not in the code) and ignore beta.
 
-1. *Decoupled initialisation*: each teacher starts as a copy of its student and then takes
-   ``dkel.init_steps`` plain SGD steps of cross-entropy at ``dkel.init_lr`` on training batches
-   (paper: one step at lr 0.01), so teacher and student start related but not identical. After
-   that the teacher only follows its student by EMA (``dkel.ema_decay``), as in PCL.
-2. *Decaying ensemble*: the teacher ensemble is a strong target early and fades out, so that
-   late in training the students are not pulled towards over-fitted teachers.
+1. *Decoupled initialisation* (``Trainer.init_mean_model`` in ``src/trainer.py``): the temporal
+   mean starts as a copy of the student, then takes ``dkel.init_steps`` SGD steps (no momentum,
+   weight decay 5e-4, lr ``dkel.init_lr``, default ``optim.lr / 100``) on the mean of the branch
+   cross-entropies, each branch on its own view. The code's ``init: 1`` with its loop
+   ``if iter >= max_init: break`` after the step takes 2 steps, our default. Note that the EMA
+   warm-up (``online.ema_decay``) has decay 0 at the first step, so the temporal mean becomes
+   the student after one step: in the official code (and here) the init only changes the
+   targets of that first step and the temporal mean's batch-norm statistics.
+2. *Decaying ensemble*: the ensemble of the other temporal-mean branches is a strong target
+   early and fades, so that late students are not pulled towards over-fitted teachers.
 
-Unlike the public code, distillation is on from the first step (no ramp-up), and nothing here
-looks at the test set. The teachers are the evaluated models, as in PCL.
+Reads what PCL reads plus ``dkel.beta``, ``dkel.decay``, ``dkel.init_steps``, ``dkel.init_lr``,
+``run.epochs`` (cos, linear), ``run.batch_size`` and ``run.seed`` (the init batches).
 """
 
 from __future__ import annotations
 
-import copy
-import itertools
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from distill_core.data import Batch, Splits, batches
+from distill_core.losses import kd_kl
 from distill_core.methods import METHODS, step
-from distill_core.methods.pcl import PCL
-from distill_core.models import speed_up
+from distill_core.methods.online import BranchMethod
+from distill_core.methods.pcl import peer_mean_term
+
+ENSEMBLE_CUT = 0.01  # exp: w(e) <= 0.01 counts as 0 (loss_wrapper.py)
+INIT_WEIGHT_DECAY = 5e-4  # the init's SGD (src/trainer.py), whatever optim.weight_decay is
 
 
 def ensemble_weight(decay: str, beta: float, epoch: int, epochs: int) -> float:
-    """Weight of the teacher-ensemble term in ``epoch`` (from 0) of ``epochs``."""
+    """Weight ``w`` of the temporal-mean ensemble term in ``epoch`` (from 0) of ``epochs``."""
     if decay == "exp":
-        return math.exp(-beta * epoch)
+        w = math.exp(-beta * epoch)
+        return w if w > ENSEMBLE_CUT else 0.0
     if decay == "cos":
         return 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
     if decay == "linear":
@@ -52,40 +60,47 @@ def ensemble_weight(decay: str, beta: float, epoch: int, epochs: int) -> float:
     raise ValueError(f"dkel.decay={decay!r} is unknown; use exp, cos or linear")
 
 
-def decoupled_init_(teacher: nn.Module, draws: Iterable[Batch], lr: float) -> None:
-    """One plain SGD step of cross-entropy at ``lr`` per batch of ``draws``."""
-    optimizer = torch.optim.SGD(teacher.parameters(), lr=lr)
-    for batch in draws:
-        step(optimizer, F.cross_entropy(teacher(batch.x), batch.y))
-    optimizer.zero_grad(set_to_none=True)  # the teacher is never trained by gradient again
+def decoupled_term(
+    student: torch.Tensor, mean: torch.Tensor, i: int, tau: float, w: float
+) -> torch.Tensor:
+    """``w * KL(mean of the other mean_j || student) + (1 - w) * PCL's term``; ``mean`` is ``(m, B, K)``."""
+    individual = peer_mean_term(student, mean, i, tau)
+    if not w:  # as the official code: the ensemble KL is not computed once its weight is 0
+        return individual
+    others = torch.cat([mean[:i], mean[i + 1 :]]).mean(0)
+    return w * kd_kl(student, others, tau) + (1.0 - w) * individual
 
 
-def _endless_batches(data: Splits, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
-    while True:
-        yield from batches(
-            data.train_x, data.train_y, batch_size, generator=generator, augment=data.augment
-        )
+def decoupled_init_(
+    net: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    lr: float,
+    weight_decay: float = INIT_WEIGHT_DECAY,
+) -> None:
+    """One SGD step per batch on the mean of the branch cross-entropies of a ``MultiBranch``, in train mode."""
+    optimizer = torch.optim.SGD(net.parameters(), lr=lr, weight_decay=weight_decay)
+    net.train()
+    for x, y in batches:
+        logits = net(x, ensemble=False)  # the ensemble head takes no step, not even of decay
+        step(optimizer, torch.stack([F.cross_entropy(z, y) for z in logits]).mean())
+    optimizer.zero_grad(set_to_none=True)  # never trained by gradient again
 
 
 @METHODS.register("dkel")
-class DKEL(PCL):
-    """PCL with teachers started from their students by CE steps; a decaying teacher ensemble."""
+class DKEL(BranchMethod):
+    """PCL with a temporal mean started by CE steps and a decaying temporal-mean ensemble."""
 
-    def make_teachers(self) -> list[nn.Module]:
-        # A generator of its own, so that the init is seeded by run.seed yet leaves the
-        # trainer's shuffling stream alone; the teachers take successive batches from it.
+    def init_mean(self) -> None:
         d = self.cfg.dkel
-        generator = torch.Generator().manual_seed(self.cfg.run.seed)
-        stream = _endless_batches(self.data, self.cfg.run.batch_size, generator)
-        # A copy keeps the memory format but not the compilation (nn.Module drops it on copy).
-        teachers = [
-            speed_up(copy.deepcopy(student), channels_last=False, compile=self.cfg.run.compile)
-            for student in self.nets
-        ]
-        for teacher in teachers:
-            decoupled_init_(teacher, itertools.islice(stream, d.init_steps), d.init_lr)
-        return teachers
+        lr = d.init_lr if d.init_lr is not None else self.cfg.optim.lr / 100
+        decoupled_init_(self.mean, self.init_batches(d.init_steps), lr)
 
     def ensemble_weight(self, epoch: int) -> float:
         d = self.cfg.dkel
         return ensemble_weight(d.decay, d.beta, epoch, self.cfg.run.epochs)
+
+    def peer_mean_term(
+        self, student: torch.Tensor, mean: torch.Tensor, i: int, epoch: int
+    ) -> torch.Tensor:
+        tau = self.cfg.method.temperature
+        return decoupled_term(student, mean, i, tau, self.ensemble_weight(epoch))

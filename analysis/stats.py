@@ -11,6 +11,7 @@ examples. ``verdict`` turns an estimate and its interval into ``reproduced``, ``
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
@@ -111,7 +112,10 @@ def difference(a: Iterable[float], b: Iterable[float], confidence: float = 0.95)
     var_a, var_b = float(x.var(ddof=1)), float(y.var(ddof=1))
     if var_a == 0.0 and var_b == 0.0:
         return Difference(estimate, estimate, estimate, NAN, n_a, n_b)
-    ci = stats.ttest_ind(x, y, equal_var=False).confidence_interval(confidence)
+    with warnings.catch_warnings():
+        # scipy warns when one side's seeds are (nearly) identical; Welch is still defined then.
+        warnings.filterwarnings("ignore", "Precision loss", RuntimeWarning)
+        ci = stats.ttest_ind(x, y, equal_var=False).confidence_interval(confidence)
     df = n_a + n_b - 2
     pooled = math.sqrt(((n_a - 1) * var_a + (n_b - 1) * var_b) / df)
     # J(df) = Gamma(df/2) / (sqrt(df/2) Gamma((df-1)/2)), in logs to stay finite for large df.
@@ -187,8 +191,8 @@ class Verdict:
     """Whether an interval settles the claim "estimate > threshold" (``greater``) or "<" (``less``).
 
     ``seeds_needed``: for an inconclusive result, how many seeds would shrink the interval below
-    the gap to the threshold if the spread stays; None otherwise. ``scale`` and ``unit`` only
-    change how ``sentence`` shows numbers (e.g. 100 and " points" for accuracies).
+    the gap to the threshold if the spread stays; None otherwise. ``scale``, ``unit`` and ``noun``
+    (what ``n`` counts) only change how ``sentence`` reads (e.g. 100 and " points" for accuracies).
     """
 
     outcome: str
@@ -202,6 +206,7 @@ class Verdict:
     sd: float | None = None
     unit: str = ""
     scale: float = 1.0
+    noun: str = "seed"
 
     @property
     def sentence(self) -> str:
@@ -209,7 +214,7 @@ class Verdict:
         claim = ">" if self.direction == "greater" else "<"
         other = "<" if self.direction == "greater" else ">"
         threshold = _num(self.threshold * self.scale)
-        seeds = f"over {self.n} seed{'s' if self.n != 1 else ''}"
+        seeds = f"over {self.n} {self.noun}{'s' if self.n != 1 else ''}"
         spread = f" (sd {_num(self.sd * self.scale)}{self.unit})" if self.sd is not None else ""
         value = f"{_num(self.estimate * self.scale, signed=True)}{self.unit}"
         if math.isnan(self.low) or math.isnan(self.high):
@@ -226,7 +231,7 @@ class Verdict:
             else:
                 text = f"inconclusive: {value} {interval} crosses {threshold} {seeds}{spread}"
         if self.seeds_needed is not None:
-            text += f"; about {self.seeds_needed} seeds would settle it if the spread stays"
+            text += f"; about {self.seeds_needed} {self.noun}s would settle it if the spread stays"
         return text
 
 
@@ -242,6 +247,7 @@ def verdict(
     confidence: float = 0.95,
     unit: str = "",
     scale: float = 1.0,
+    noun: str = "seed",
 ) -> Verdict:
     """Judge the claim "estimate > threshold" (``direction="greater"``) or "<" (``"less"``).
 
@@ -252,7 +258,7 @@ def verdict(
     |estimate - threshold|``: the t half-width shrinks as ``1/sqrt(n)`` if the spread stays.
     Without an interval but with ``sd`` (the spread of one seed), it is the smallest ``n' > n``
     whose t half-width ``t(n'-1) sd / sqrt(n')`` at ``confidence`` is below the gap. None when the
-    gap is 0 or nothing measures the spread.
+    gap is 0 or nothing measures the spread. ``unit``, ``scale`` and ``noun`` shape the sentence.
     """
     if direction not in ("greater", "less"):
         raise ValueError(f"direction must be 'greater' or 'less', got {direction!r}")
@@ -274,7 +280,9 @@ def verdict(
         outcome = "inconclusive"
         if gap > 0:
             needed = max(n + 1, math.ceil(n * ((hi - lo) / 2 / gap) ** 2))
-    return Verdict(outcome, estimate, low, high, threshold, direction, n, needed, sd, unit, scale)
+    return Verdict(
+        outcome, estimate, low, high, threshold, direction, n, needed, sd, unit, scale, noun
+    )
 
 
 def _seeds_for(sd: float, gap: float, n: int, confidence: float) -> int:

@@ -74,7 +74,7 @@ def render(study: Study, groups: pd.DataFrame, drawn: list[plots.Plot]) -> str:
         f"- crashes: {plots.crash_sentence(study)}",
         f"- best config: {best_config(study, ranked)}",
         "",
-        noise_note(study, ranked),
+        noise_note(study),
         "",
         "Reproduce the study:",
         "",
@@ -197,7 +197,7 @@ def noise(row: pd.Series, metric: str) -> str:
     return f"SE {binomial_se(row[f'{metric} mean'], int(n)):.4f} (n={int(n)})"
 
 
-def noise_note(study: Study, ranked: pd.DataFrame) -> str:
+def noise_note(study: Study) -> str:
     """The sentence at the top: how many points of accuracy one evaluation set can resolve."""
     finished = study.runs["status"].isin(FINISHED)
     sizes = study.metric("val_n")[finished].dropna()

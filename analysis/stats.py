@@ -63,7 +63,7 @@ class Summary:
 
 
 def summarize(values: Iterable[float], confidence: float = 0.95) -> Summary:
-    """Mean, std and the Student-t interval of the mean of ``values`` (NaNs left out).
+    """Mean, std and the Student-t interval of the mean of ``values`` (non-finite ones left out).
 
     With one value there is no spread to measure: std, sem, low and high are NaN. Identical
     values give a zero-width interval at the mean.
@@ -297,7 +297,7 @@ def _seeds_for(sd: float, gap: float, n: int, confidence: float) -> int:
 
 def _finite(values: Iterable[float]) -> np.ndarray:
     v = np.asarray(list(values), dtype=float)
-    return v[~np.isnan(v)]
+    return v[np.isfinite(v)]
 
 
 def _pairs(x: Iterable[float], y: Iterable[float]) -> tuple[np.ndarray, np.ndarray]:

@@ -26,14 +26,17 @@ from optuna.distributions import (  # noqa: E402
     FloatDistribution,
 )
 
-from analysis.study import FINISHED, Study  # noqa: E402
+from analysis.stats import slope, slope_difference, summarize, verdict  # noqa: E402
+from analysis.study import CANCELLED, FINISHED, Study, feasible  # noqa: E402
 
 # One "new study created" line per rebuilt study is noise.
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 FIGSIZE = (8.0, 5.0)
 DPI = 100  # with FIGSIZE: 800 x 500 pixel PNGs
-MAX_ISOLATION_POINTS = 8  # a continuous scientific parameter is binned into this many ranges
+MAX_BINS = 8  # a continuous parameter with more distinct values is cut into quantile bins
+MIN_PER_BIN = 3  # ... of at least this many points where there are enough
+FIDELITY_AXIS = "init.interp_lambda"
 TOP_COLORS = ("tab:blue", "tab:green", "tab:purple")  # none of them a status colour
 TOP_CURVES = len(TOP_COLORS)
 STATUS_COLORS = {
@@ -43,9 +46,11 @@ STATUS_COLORS = {
     "crashed": "tab:red",
     "diverged": "tab:orange",
     "failed": "black",
+    CANCELLED: "tab:pink",
     "running": "tab:olive",
     "interrupted": "tab:brown",
 }
+HOLLOW = ("early-stopped", CANCELLED)  # their objective is where they stopped
 
 
 @dataclass
@@ -80,6 +85,9 @@ def _fmt(value: float) -> str:
 
 
 def _show(value: object) -> str:
+    """A parameter value; ``-`` where it does not apply (None or NaN)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
@@ -87,6 +95,48 @@ def _is_log(values: pd.Series) -> bool:
     """Numeric, positive and spanning more than a decade: draw on a log axis."""
     v = values.dropna()
     return bool(len(v)) and v.dtype.kind == "f" and v.min() > 0 and v.max() / v.min() > 10
+
+
+def bins(values: pd.Series) -> pd.Series:
+    """Bin labels of numeric ``values``: the values themselves when there are at most
+    ``MAX_BINS`` distinct ones (a grid), else quantile bins of ``MIN_PER_BIN`` or more points
+    (at most ``MAX_BINS``, at least 2)."""
+    if values.nunique() <= MAX_BINS:
+        return values
+    return pd.qcut(values, min(MAX_BINS, max(2, len(values) // MIN_PER_BIN)), duplicates="drop")
+
+
+def binned(
+    x: pd.Series, y: pd.Series, bounds: tuple[float, float] = (-math.inf, math.inf)
+) -> pd.DataFrame:
+    """``y`` summarised per bin of numeric ``x`` (``bins``), pairs with a NaN left out.
+
+    Returns:
+        One row per bin, by ``x``: ``x`` (median of the bin), ``x_low``, ``x_high`` (its range),
+        ``n``, ``mean`` and the 95% Student-t interval ``low``, ``high`` (NaN for one point), cut
+        to ``bounds`` (the range ``y`` can take).
+    """
+    keep = x.notna() & y.notna()
+    x, y = x[keep].astype(float), y[keep].astype(float)
+    rows = []
+    for members in x.groupby(bins(x), observed=True).groups.values():
+        s, xs = summarize(y[members]), x[members]
+        low, high = max(s.low, bounds[0]), min(s.high, bounds[1])  # NaN stays NaN
+        rows.append((xs.median(), xs.min(), xs.max(), s.n, s.mean, low, high))
+    columns = ["x", "x_low", "x_high", "n", "mean", "low", "high"]
+    return pd.DataFrame(rows, columns=columns).sort_values("x", ignore_index=True)
+
+
+def _bin_words(values: pd.Series) -> str:
+    """How ``bins`` cut ``values``, for a sentence."""
+    if values.nunique() <= MAX_BINS:
+        return "per value"
+    return f"per quantile bin ({bins(values).nunique()} bins)"
+
+
+def _yerr(mean: pd.Series, low: pd.Series, high: pd.Series) -> np.ndarray:
+    """Asymmetric error bars from an interval; none where the interval is missing."""
+    return np.array([(mean - low).fillna(0).to_numpy(), (high - mean).fillna(0).to_numpy()])
 
 
 def learning_curves(study: Study, groups: pd.DataFrame, out: Path) -> Plot:
@@ -165,16 +215,17 @@ def learning_curves(study: Study, groups: pd.DataFrame, out: Path) -> Plot:
 
 
 def axis_plots(study: Study, groups: pd.DataFrame, out: Path) -> list[Plot]:
-    """Objective against each sampled parameter, one dot per run, coloured by status."""
+    """Objective against each sampled parameter: one dot per run coloured by status, and the
+    mean of finished runs with its 95% t interval per bin (continuous) or per value (categorical)."""
     plots = []
     runs = study.runs
     score = study.metric(study.objective)
+    recovered = runs["status"].eq("completed") & (study.metric("crashed_epochs") > 0)
     for axis in study.axes:
         values = study.values(axis)
         fig, ax = _figure(f"{study.name}: {study.objective} vs {axis}")
         x, ticks = _positions(values)
         for status, color in STATUS_COLORS.items():
-            picked = runs["status"].eq(status) & score.notna() & x.notna()
             # No comparable objective: a mark on the bottom edge.
             if status in ("diverged", "failed"):
                 picked = runs["status"].eq(status) & x.notna()
@@ -188,23 +239,41 @@ def axis_plots(study: Study, groups: pd.DataFrame, out: Path) -> list[Plot]:
                     label=f"{status} ({picked.sum()})" if picked.any() else None,
                 )
                 continue
+            picked = runs["status"].eq(status) & score.notna() & x.notna()
             if status == "completed":
-                picked &= ~(study.metric("crashed_epochs") > 0)
+                picked &= ~recovered
             if status == "recovered":
-                picked = (
-                    runs["status"].eq("completed")
-                    & (study.metric("crashed_epochs") > 0)
-                    & score.notna()
-                )
-            hollow = status == "early-stopped"
+                picked = recovered & score.notna() & x.notna()
             ax.scatter(
                 x[picked],
                 score[picked],
                 s=36,
                 label=f"{status} ({picked.sum()})" if picked.any() else None,
-                facecolors="none" if hollow else color,
+                facecolors="none" if status in HOLLOW else color,
                 edgecolors=color,
                 alpha=0.85,
+            )
+        finished = runs["status"].isin(FINISHED) & score.notna() & x.notna()
+        if ticks is None:
+            b = binned(values[finished], score[finished], feasible(study.objective))
+            summary = f"mean of finished runs {_bin_words(values[finished])} with its 95% interval"
+            ax.fill_between(b["x"], b["low"], b["high"], color="tab:blue", alpha=0.15)
+            ax.plot(b["x"], b["mean"], "-", color="tab:blue", linewidth=2, label=summary)
+        else:
+            per = [summarize(score[finished & x.eq(i)]) for i in range(len(ticks))]
+            mean = pd.Series([p.mean for p in per])
+            lo, hi = feasible(study.objective)
+            low = pd.Series([max(p.low, lo) for p in per])
+            high = pd.Series([min(p.high, hi) for p in per])
+            summary = "mean of finished runs per value with its 95% interval"
+            ax.errorbar(
+                np.arange(len(ticks)) + 0.2,
+                mean,
+                yerr=_yerr(mean, low, high),
+                fmt="D",
+                color="tab:blue",
+                capsize=5,
+                label=summary,
             )
         means = groups[groups["rankable"]]
         if axis in means:
@@ -228,14 +297,16 @@ def axis_plots(study: Study, groups: pd.DataFrame, out: Path) -> list[Plot]:
         )
         sentence = (
             f"{study.objective} of every run against {axis} (black bars: config means over seeds, "
-            f"crosses at the bottom: diverged or failed runs); {best}"
+            f"crosses at the bottom: diverged or failed runs; blue: {summary}, Student-t over "
+            f"the runs it holds); {best}"
         )
         plots.append(Plot(name, f"Axis plot: {axis}", sentence))
     return plots
 
 
 def isolation_plots(study: Study, groups: pd.DataFrame, out: Path) -> list[Plot]:
-    """Best config per value of each scientific parameter, nuisance parameters tuned away, with seed spread."""
+    """Best config per value (or quantile bin) of each scientific parameter, nuisance parameters
+    tuned away, with its 95% interval; points are not joined."""
     plots = []
     ranked = groups[groups["rankable"]]
     if not study.scientific:
@@ -243,27 +314,35 @@ def isolation_plots(study: Study, groups: pd.DataFrame, out: Path) -> list[Plot]
         return [Plot(None, "Isolation plots", why)]
     if ranked.empty:
         return [Plot(None, "Isolation plots", "Not drawn: no config is ranked yet.")]
-    mean, std = f"{study.objective} mean", f"{study.objective} std"
+    obj = study.objective
+    mean, std, low, high = (f"{obj} {s}" for s in ("mean", "std", "low", "high"))
     nuisance = ", ".join(study.nuisance) or "the other sampled parameters"
     for axis in (a for a in study.scientific if a in ranked and ranked[a].notna().any()):
         applies = ranked[ranked[axis].notna()]  # a conditional parameter: only where it was sampled
         values = applies[axis]
-        key = values.astype(str)
-        if values.dtype.kind == "f" and values.nunique() > MAX_ISOLATION_POINTS:
-            key = pd.qcut(values, MAX_ISOLATION_POINTS, duplicates="drop").astype(str)
-        per_value = applies.groupby(key, sort=False)[mean]
+        continuous = values.dtype.kind == "f"
+        key = bins(values) if continuous else values.astype(str)
+        per_value = applies.groupby(key, sort=False, observed=True)[mean]
         best = per_value.idxmax() if study.mode == "max" else per_value.idxmin()
         rows = applies.loc[best.values].sort_values(axis, key=_sort_key)
         fig, ax = _figure(f"{study.name}: isolation plot of {axis}")
         x, ticks = _positions(rows[axis])
+        label = f"best config per {'bin' if continuous else 'value'} (tuned: {nuisance})"
+        xerr = None
+        if continuous:
+            spans = values.groupby(key, observed=True).agg(["min", "max"])
+            span = spans.loc[key[rows.index]].set_index(rows.index)
+            xerr = np.array([(x - span["min"]).to_numpy(), (span["max"] - x).to_numpy()])
+            ax.fill_between(x, rows[low], rows[high], color="tab:blue", alpha=0.15)
         ax.errorbar(
             x,
             rows[mean],
-            yerr=rows[std].fillna(0),
-            fmt="o-",
+            yerr=_yerr(rows[mean], rows[low], rows[high]),
+            xerr=xerr if xerr is not None and xerr.any() else None,
+            fmt="o",
             color="tab:blue",
             capsize=5,
-            label=f"best config per value: mean ± std over seeds (tuned: {nuisance})",
+            label=f"{label}: mean with 95% interval",
         )
         seeds = study.runs[
             study.runs["group"].isin(rows.index) & study.runs["status"].isin(FINISHED)
@@ -271,25 +350,36 @@ def isolation_plots(study: Study, groups: pd.DataFrame, out: Path) -> list[Plot]
         sx, _ = _positions(study.values(axis)[seeds.index], ticks)
         ax.scatter(
             sx,
-            study.metric(study.objective)[seeds.index],
+            study.metric(obj)[seeds.index],
             s=18,
             color="tab:gray",
             zorder=3,
             label="its seeds",
         )
         _x_axis(ax, axis, rows[axis], ticks)
-        ax.set_ylabel(f"best {study.objective}")
+        ax.set_ylabel(f"best {obj}")
         ax.legend(fontsize=8)
         name = _save(fig, out, f"isolation_{slug(axis)}.png")
         top = rows.loc[rows[mean].idxmax() if study.mode == "max" else rows[mean].idxmin()]
+        cut = (
+            f" ({_bin_words(values)}, horizontal bars: the bin's range)"
+            if continuous and values.nunique() > MAX_BINS
+            else ""
+        )
+        spread = f" ± {_fmt(top[std])}" if pd.notna(top[std]) else ", one seed"
+        within = (
+            f", 95% interval [{_fmt(top[low])}, {_fmt(top[high])}]" if pd.notna(top[low]) else ""
+        )
         plots.append(
             Plot(
                 name,
                 f"Isolation plot: {axis}",
                 (
-                    f"The best seed-mean {study.objective} reached at each value of {axis} once {nuisance} is tuned away, "
-                    f"with the spread over seeds; best at {axis}={_show(top[axis])} "
-                    f"({_fmt(top[mean])} ± {_fmt(top[std])})."
+                    f"The best seed-mean {obj} reached at each value of {axis}{cut} once "
+                    f"{nuisance} is tuned away, with its 95% interval (Student-t over its seeds; "
+                    f"for one seed, Wilson over the evaluation set); best at "
+                    f"{axis}={_show(top[axis])} ({_fmt(top[mean])}{spread}{within}). "
+                    "Values whose intervals overlap are not told apart by this study."
                 ),
             )
         )
@@ -400,7 +490,7 @@ def pareto_plot(study: Study, groups: pd.DataFrame, out: Path) -> Plot:
 
 
 def status_plot(study: Study, out: Path) -> Plot:
-    """Share of runs per final status (recovered: completed after a crash)."""
+    """Share of runs per final status (recovered: completed after a crash), and the crash share."""
     status = study.runs["status"].where(
         ~(study.metric("crashed_epochs") > 0) | (study.runs["status"] != "completed"), "recovered"
     )
@@ -418,14 +508,133 @@ def status_plot(study: Study, out: Path) -> Plot:
     name = _save(fig, out, "status.png")
     bad = share.reindex(["crashed", "diverged", "failed"]).fillna(0).sum()
     stopped = share.get("early-stopped", 0.0)
+    cancelled = int(counts.get(CANCELLED, 0))
     return Plot(
         name,
         "Run outcomes",
         (
-            f"How the {counts.sum()} runs ended: {bad:.0%} crashed, diverged or failed and {stopped:.0%} were "
-            f"stopped early by the scheduler; a large crashed share means the search space reaches unstable settings."
+            f"How the {counts.sum()} runs ended: {bad:.0%} crashed, diverged or failed and "
+            f"{stopped:.0%} were stopped early by the scheduler"
+            + (
+                f"; {cancelled} cancelled (another seed of their trial diverged or failed: "
+                "not counted as failed)"
+                if cancelled
+                else ""
+            )
+            + f". {crash_sentence(study)} A large crashed share means the search space reaches "
+            "unstable settings."
         ),
     )
+
+
+def crash_sentence(study: Study) -> str:
+    """Every run flagged crashed, whether it ended crashed or recovered."""
+    c = study.crash_counts()
+    if not c["flagged"]:
+        return "No run was flagged crashed at any epoch."
+    other = (
+        f", {c['other']} stopped, cancelled or failed after a crashed epoch" if c["other"] else ""
+    )
+    return (
+        f"{c['flagged']} of {c['runs']} runs ({c['flagged'] / c['runs']:.0%}) were flagged "
+        f"crashed: {c['ended']} ended crashed (status crashed), {c['recovered']} recovered "
+        f"(completed with crashed_epochs > 0){other}."
+    )
+
+
+def fidelity_plot(study: Study, out: Path) -> Plot:
+    """Seed 004: agreement and predictive KL against ``init.interp_lambda``, on the training
+    subset and on validation, mean with its 95% t interval per lambda (or quantile bin)."""
+    title = "Fidelity vs lambda"
+    runs = study.runs
+    lam = study.values(FIDELITY_AXIS)
+    finished = runs["status"].isin(FINISHED) & lam.notna()
+    panels = {
+        "top-1 agreement with the teacher": ("train_agreement", "val_agreement"),
+        "KL(p_t || p_s), tau 1": ("train_pred_kl", "val_kl"),
+    }
+    logged = [m for ms in panels.values() for m in ms if study.metric(m)[finished].notna().any()]
+    if not logged:
+        return Plot(
+            None,
+            title,
+            "Not drawn: no finished run logged train_agreement, val_agreement, train_pred_kl or "
+            "val_kl (fidelity needs a teacher).",
+        )
+    fig, axes = plt.subplots(1, 2, figsize=FIGSIZE, dpi=DPI, layout="constrained")
+    fig.suptitle(f"{study.name}: fidelity vs {FIDELITY_AXIS} (finished runs)")
+    colors = {"train": "tab:orange", "val": "tab:blue"}
+    where = {"train": "training subset", "val": "validation"}
+    for ax, (ylabel, metrics) in zip(axes, panels.items(), strict=True):
+        for m in metrics:
+            y = study.metric(m)[finished]
+            if y.isna().all():
+                continue
+            split = m.split("_", 1)[0]
+            b = binned(lam[finished], y, feasible(m))
+            ax.fill_between(b["x"], b["low"], b["high"], color=colors[split], alpha=0.2)
+            ax.errorbar(
+                b["x"],
+                b["mean"],
+                yerr=_yerr(b["mean"], b["low"], b["high"]),
+                fmt="s--" if split == "train" else "o-",  # dashed: visible where they overlap
+                color=colors[split],
+                capsize=4,
+                label=f"{m} ({where[split]})",
+            )
+        ax.set(xlabel=FIDELITY_AXIS, ylabel=ylabel, title=ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    name = _save(fig, out, "fidelity_lambda.png")
+    return Plot(
+        name,
+        title,
+        (
+            f"Agreement with the teacher (left) and predictive KL (right) against "
+            f"{FIDELITY_AXIS}, mean over the finished runs {_bin_words(lam[finished])} with its "
+            "95% Student-t interval; orange: the fixed training subset the student is distilled "
+            f"on, blue: validation. {fidelity_claim(study, lam, finished)}"
+        ),
+    )
+
+
+def fidelity_claim(study: Study, lam: pd.Series, finished: pd.Series) -> str:
+    """Seed 004's claim, agreement rises with lambda, judged on the OLS slope over runs."""
+    slopes = {}
+    for m in ("train_agreement", "val_agreement"):
+        s = slope(lam[finished], study.metric(m)[finished])
+        if not math.isnan(s.estimate):
+            slopes[m] = s
+    if not slopes:
+        return "Too few runs or lambda values to fit a slope of agreement on lambda."
+    said = [
+        f"{m}: "
+        + verdict(
+            s.estimate,
+            s.low,
+            s.high,
+            threshold=0.0,
+            direction="greater",
+            n=s.n,
+            unit=" per unit lambda",
+            noun="run",
+        ).sentence
+        for m, s in slopes.items()
+    ]
+    text = "Seed 004 claims agreement rises with lambda (OLS slope over runs): " + "; ".join(said)
+    if len(slopes) == 2:
+        d = slope_difference(
+            lam[finished],
+            study.metric("train_agreement")[finished],
+            lam[finished],
+            study.metric("val_agreement")[finished],
+        )
+        text += (
+            f". Train minus validation slope: {d.estimate:+.3g} [{d.low:.3g}, {d.high:.3g}] "
+            "(joint regression with a lambda x split interaction; the two sets come from the "
+            "same runs, so read it as indicative)"
+        )
+    return text + "."
 
 
 def _optuna_study(study: Study, groups: pd.DataFrame) -> optuna.Study:

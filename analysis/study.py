@@ -18,6 +18,7 @@ import mlflow
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
+from analysis.stats import Summary, summarize, wilson_interval
 from distill_core import UserError
 from distill_core.config import parse_value
 
@@ -25,7 +26,11 @@ from distill_core.config import parse_value
 FINISHED = ("completed", "crashed")
 #: Runs whose config is not worth recommending, whatever its other seeds did.
 BROKEN = ("diverged", "failed")
+#: Stopped by the runner because another seed of its trial diverged or failed: neither ranked nor
+#: counted as failed.
+CANCELLED = "cancelled"
 TEST_METRICS = ("test_acc", "test_nll", "test_ece", "test_agreement", "test_kl")
+CONFIDENCE = 0.95
 STUDY_FILTER = "tags.`distill.role` = 'study'"
 #: Why a run failed, diverged or was abandoned; a diverged run carries no tag.
 DIVERGED_REASON = "non-finite training loss"
@@ -111,10 +116,12 @@ class Study:
     def groups(self) -> pd.DataFrame:
         """One row per sampled config (``distill.group``), best first.
 
-        Columns: ``trials``, ``seeds``, ``runs``, ``status``, the axes' values, ``<metric> mean``,
-        ``<metric> std`` and ``n`` (finished seeds) for the objective, ``val_acc``, ``val_agreement``
-        and the test metrics, ``<objective> stopped`` (mean where early-stopped runs stopped),
-        ``rankable`` and ``rank``. Means are over finished runs
+        Columns: ``trials``, ``seeds``, ``runs``, ``status``, the axes' values, ``val_n`` and
+        ``test_n`` (evaluation set sizes, NaN where not logged), and for the objective,
+        ``val_acc``, ``val_agreement`` and the test metrics: ``<metric> mean``, ``<metric> std``,
+        ``<metric> count`` (finished seeds that logged it), ``<metric> low`` and ``<metric> high``
+        (see ``interval``); then ``n`` (finished seeds), ``<objective> stopped`` (mean where
+        early-stopped runs stopped), ``rankable`` and ``rank``. Means are over finished runs
         (completed or crashed: a crashed seed counts against its config); a config with a diverged
         or failed seed is never ranked. Ranking uses the validation objective only.
         """
@@ -130,12 +137,24 @@ class Study:
         )
         for axis in self.axes:
             out[axis] = self.values(axis).groupby(runs["group"], sort=False).first()
-        metrics = list(dict.fromkeys([self.objective, "val_acc", "val_agreement", *TEST_METRICS]))
         finished = runs["status"].isin(FINISHED)
+        for size in ("val_n", "test_n"):
+            out[size] = self.metric(size)[finished].groupby(runs.loc[finished, "group"]).max()
+        metrics = list(dict.fromkeys([self.objective, "val_acc", "val_agreement", *TEST_METRICS]))
         table = pd.DataFrame({m: self.metric(m) for m in metrics})[finished]
-        stats = table.groupby(runs.loc[finished, "group"], sort=False).agg(["mean", "std"])
-        stats.columns = [f"{m} {s}" for m, s in stats.columns]
-        out = out.join(stats)
+        rows = {}
+        for group, seeds in table.groupby(runs.loc[finished, "group"], sort=False):
+            row = {}
+            for m in metrics:
+                s = summarize(seeds[m], CONFIDENCE)
+                size = eval_size(m)
+                low, high = interval(s, m, out.at[group, size] if size else math.nan)
+                row |= {f"{m} mean": s.mean, f"{m} std": s.std, f"{m} count": s.n}
+                row |= {f"{m} low": low, f"{m} high": high}
+            rows[group] = row
+        out = out.join(pd.DataFrame.from_dict(rows, orient="index"))
+        for m in metrics:
+            out[f"{m} count"] = out[f"{m} count"].fillna(0).astype(int)
         out["n"] = finished.groupby(runs["group"], sort=False).sum().astype(int)
         stopped = runs["status"].eq("early-stopped")
         out[f"{self.objective} stopped"] = (
@@ -156,6 +175,23 @@ class Study:
         )
         out.index.name = "group"
         return out
+
+    def crash_counts(self) -> dict[str, int]:
+        """Runs flagged crashed: ``ended`` (status crashed), ``recovered`` (completed after an
+        epoch flagged crashed, metric ``crashed_epochs`` > 0), ``other`` (stopped, cancelled,
+        diverged or failed after a flagged epoch), ``flagged`` (all three) and ``runs``."""
+        status = self.runs["status"]
+        flagged_epoch = self.metric("crashed_epochs") > 0
+        ended = status.eq("crashed")
+        recovered = status.eq("completed") & flagged_epoch
+        flagged = ended | flagged_epoch
+        return {
+            "ended": int(ended.sum()),
+            "recovered": int(recovered.sum()),
+            "other": int((flagged & ~ended & ~recovered).sum()),
+            "flagged": int(flagged.sum()),
+            "runs": len(status),
+        }
 
     def history(self, run_ids: list[str], keys: list[str]) -> pd.DataFrame:
         """Per-epoch metrics of ``run_ids``: long format with columns run_id, key, step, value."""
@@ -204,6 +240,42 @@ def load_study(client: MlflowClient, name: str) -> Study:
             f"or resume it with its command plus --resume"
         )
     return Study(name, exp.experiment_id, parent["run_id"], tags, runs, client, names)
+
+
+def is_proportion(metric: str) -> bool:
+    """Accuracies and agreements: a share of ``n`` examples, so binomial noise applies."""
+    return metric.endswith(("_acc", "_agreement"))
+
+
+def eval_size(metric: str) -> str | None:
+    """The metric holding the evaluation set size of ``metric`` (``val_n``, ``test_n``), if any."""
+    for split in ("test", "val"):
+        if metric.startswith(f"{split}_") or f"_{split}_" in metric:
+            return f"{split}_n"
+    return None
+
+
+def feasible(metric: str) -> tuple[float, float]:
+    """The range a metric can take: [0, 1] for shares, [0, inf) for losses and divergences."""
+    if is_proportion(metric) or metric.endswith("_ece"):
+        return 0.0, 1.0
+    if metric.endswith(("_kl", "_nll", "_loss")):
+        return 0.0, math.inf
+    return -math.inf, math.inf
+
+
+def interval(summary: Summary, metric: str, n_examples: float) -> tuple[float, float]:
+    """The 95% interval shown for a config: Student-t over its seeds when it has two or more
+    (cut to the metric's ``feasible`` range: with two seeds, t(1) = 12.7 easily leaves [0, 1]);
+    with one seed of an accuracy, the Wilson interval of its ``n_examples`` evaluation examples;
+    otherwise none (NaN, NaN)."""
+    if summary.n >= 2:
+        lo, hi = feasible(metric)
+        return max(summary.low, lo), min(summary.high, hi)
+    if summary.n == 1 and is_proportion(metric) and n_examples > 0:
+        n = int(n_examples)
+        return wilson_interval(round(summary.mean * n), n, CONFIDENCE)
+    return math.nan, math.nan
 
 
 def _tidy(children: pd.DataFrame) -> pd.DataFrame:

@@ -1,14 +1,17 @@
 """analysis/: report, export and bad input, on a small study built with real ``fit`` runs (no Ray).
 
 The fixture logs the study exactly in the docs/tracking.md layout through studies.tracking: KD on
-the synthetic set (mlp teacher and student, 3 epochs), method.alpha x optim.lr x 2 seeds, plus a
-forced divergence (lr 9), a run stopped early (as ASHA would), a failed run and a run abandoned on
-resume (its trial was sampled again).
+the synthetic set (mlp teacher and student, 3 epochs), method.alpha x optim.lr x 2 seeds, a config
+with one seed, plus a forced divergence (lr 9), a run stopped early (as ASHA would), a failed run
+whose other seed was cancelled, and a run abandoned on resume (its trial was sampled again). The
+runs also log ``val_n`` and ``test_n`` (the evaluation set sizes), which the trainer only logs on
+another branch. A second store holds a seed-004 study over ``init.interp_lambda``.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import struct
@@ -17,14 +20,19 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
+from scipy import stats
 
+from analysis import plots
 from analysis.plots import DPI, FIGSIZE
-from distill_core import EpochReport, fit, make_config
+from analysis.study import CANCELLED, Study
+from distill_core import Config, EpochReport, fit, load_data, make_config
 from studies.cli import main
 from tracking.client import RunLogger, get_or_create_experiment, open_client
 
@@ -32,6 +40,8 @@ STUDY = "alpha"
 SEEDS = (0, 1)
 CONFIGS = [(alpha, lr) for alpha in (0.1, 0.5, 0.9) for lr in (0.05, 0.2)]
 COMMAND = "distill-study run kd_alpha --trials 9 --seeds 2 --epochs 3 --dataset synthetic"
+LAMBDA_STUDY = "lambda"
+LAMBDAS = (0.0, 0.5, 1.0)
 OOM = "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
 
 
@@ -67,9 +77,11 @@ def build_study(root: Path, name: str = STUDY) -> str:
     }
     plan = [(alpha, lr, seed, None) for alpha, lr in CONFIGS for seed in SEEDS]
     plan += [(0.5, 9.0, seed, None) for seed in SEEDS]  # diverges: non-finite loss
-    plan += [(0.3, 0.01, 0, 1), (0.7, 0.01, 0, 2)]  # stopped after epoch 1; failed in epoch 2
+    # Stopped after epoch 1; failed in epoch 2, its other seed cancelled after epoch 1.
+    plan += [(0.3, 0.01, 0, ("early-stopped", 1)), (0.7, 0.01, 0, ("failed", 2))]
+    plan += [(0.7, 0.01, 1, (CANCELLED, 1)), (0.3, 0.05, 0, None)]  # ... and a one-seed config
     groups: dict[tuple[float, float], int] = {}
-    for alpha, lr, seed, stop_after in plan:
+    for alpha, lr, seed, stop in plan:
         number = groups.setdefault((alpha, lr), len(groups))
         trial_id = f"{number:05d}"
         cfg = make_config(base, {"method.alpha": alpha, "optim.lr": lr, "run.seed": seed})
@@ -87,22 +99,27 @@ def build_study(root: Path, name: str = STUDY) -> str:
             },
         )
 
+        val_n, test_n = eval_sizes(cfg)
+
         def on_epoch(
-            report: EpochReport, logger: RunLogger = logger, stop_after: int | None = stop_after
+            report: EpochReport,
+            logger: RunLogger = logger,
+            stop: tuple[str, int] | None = stop,
+            val_n: int = val_n,
         ) -> None:
-            logger.log_epoch(report.epoch, report.metrics)
-            if stop_after == report.epoch:
+            logger.log_epoch(report.epoch, {**report.metrics, "val_n": val_n})
+            if stop is not None and stop[1] == report.epoch:
                 raise Stop
 
         try:
             result = fit(cfg, on_epoch=on_epoch)
         except Stop:
-            if stop_after == 1:
-                logger.finish("early-stopped")
+            if stop[0] == CANCELLED:
+                cancel(client, logger.run_id)
             else:
-                logger.finish("failed", reason=OOM)
+                logger.finish(stop[0], reason=OOM if stop[0] == "failed" else None)
             continue
-        logger.finish(result.status, result.final, step=len(result.history))
+        logger.finish(result.status, {**result.final, "test_n": test_n}, step=len(result.history))
     abandoned = client.create_run(
         exp,
         run_name="dead0000-s0",
@@ -123,6 +140,20 @@ def build_study(root: Path, name: str = STUDY) -> str:
         client, exp, make_config(base), tags={"mlflow.parentRunId": parent, "distill.role": "trial"}
     )
     return client.tracking_uri
+
+
+def eval_sizes(cfg: Config) -> tuple[int, int]:
+    """``val_n`` and ``test_n`` of a run: what the trainer logs on the core branch."""
+    data = load_data(cfg.data)
+    return len(data.val_y), len(data.test_y)
+
+
+def cancel(client: MlflowClient, run_id: str) -> None:
+    """End a run as the runner ends a seed whose sibling diverged or failed (status cancelled).
+
+    RunLogger.finish does not know the status yet (studies/tracking.py's RUN_STATUS)."""
+    client.set_tag(run_id, "status", CANCELLED)
+    client.set_terminated(run_id, "KILLED")
 
 
 def build_kinds(client: MlflowClient, base: dict) -> None:
@@ -171,6 +202,76 @@ def build_kinds(client: MlflowClient, base: dict) -> None:
         )
         result = fit(cfg, on_epoch=lambda r, logger=logger: logger.log_epoch(r.epoch, r.metrics))
         logger.finish(result.status, result.final, step=len(result.history))
+
+
+def build_lambda_study(root: Path) -> str:
+    """Seed 004's study: init.interp_lambda in LAMBDAS x 2 seeds (KD, mlp teacher and student,
+    2 epochs), plus two hand-logged unstable runs at lambda 0.25 (a DML-like collapse to chance
+    that ends crashed, and a run that recovered after a crashed epoch); returns the URI.
+
+    ``train_agreement`` and ``train_pred_kl`` are stand-ins (the validation values) until the
+    trainer logs them itself (core branch).
+    """
+    client = open_client(str(root))
+    tags = {"distill.space": "interp_init", "distill.objective": "val_acc", "distill.mode": "max"}
+    exp = get_or_create_experiment(client, LAMBDA_STUDY, tags=tags)
+    axis = "init.interp_lambda"
+    parent = client.create_run(
+        exp,
+        run_name=LAMBDA_STUDY,
+        tags={**tags, "distill.role": "study", "distill.axes": axis, "distill.scientific": axis},
+    ).info.run_id
+    base = {
+        "data": {"name": "synthetic"},
+        "model": {"name": "mlp"},
+        "teacher": {"model": "mlp", "epochs": 3},
+        "method": {"name": "kd"},
+        "run": {"epochs": 2, "device": "cpu", "teacher_store": str(root / "teachers")},
+    }
+
+    def start(number: int, cfg: Config) -> RunLogger:
+        return RunLogger.start(
+            client,
+            exp,
+            cfg,
+            run_name=f"{number:05d}-s{cfg.run.seed}",
+            tags={
+                "mlflow.parentRunId": parent,
+                "distill.role": "trial",
+                "distill.trial_id": f"{number:05d}",
+                "distill.group": f"g{number}",
+            },
+        )
+
+    for number, lam in enumerate(LAMBDAS):
+        for seed in SEEDS:
+            cfg = make_config(base, {axis: lam, "run.seed": seed})
+            logger = start(number, cfg)
+            val_n, test_n = eval_sizes(cfg)
+
+            def on_epoch(r: EpochReport, logger: RunLogger = logger, val_n: int = val_n) -> None:
+                stand_ins = {"train_agreement": "val_agreement", "train_pred_kl": "val_kl"}
+                extra = {k: r.metrics[v] for k, v in stand_ins.items()}
+                logger.log_epoch(r.epoch, {**r.metrics, **extra, "val_n": val_n})
+
+            result = fit(cfg, on_epoch=on_epoch)
+            final = {**result.final, "test_n": test_n}
+            logger.finish(result.status, final, step=len(result.history))
+    val_n, test_n = eval_sizes(make_config(base))
+    chance = 0.1  # 10 classes
+    for seed, accs in ((0, (0.62, chance)), (1, (chance, 0.58))):
+        logger = start(len(LAMBDAS), make_config(base, {axis: 0.25, "run.seed": seed}))
+        for epoch, acc in enumerate(accs, 1):
+            crashed = [a == chance for a in accs[:epoch]]
+            metrics = {"train_loss": 1.0, "val_acc": acc, "val_n": val_n}
+            logger.log_epoch(
+                epoch, metrics | {"crashed": crashed[-1], "crashed_epochs": sum(crashed)}
+            )
+        status = "crashed" if accs[-1] == chance else "completed"
+        logger.finish(status, {"test_acc": accs[-1], "test_n": test_n}, step=len(accs))
+    client.set_tag(parent, "distill.status", "completed")
+    client.set_terminated(parent)
+    return client.tracking_uri
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -333,6 +434,11 @@ def test_report_on_categorical_and_conditional_axes(study_uri: str, tmp_path: Pa
     assert (
         "val_agreement" in rows["00001"] and rows["00000"]["val_agreement"] == "-"
     )  # scratch has no teacher
+    # One seed each and no val_n logged: no error bar, and the report says why.
+    assert {rows[g]["val_acc noise"] for g in rows} == {"SE ? (n unknown)"}
+    text = (tmp_path / "report.md").read_text()
+    assert "(metrics `val_n`, `test_n`: n unknown)" in text
+    assert "no noise estimate (a single seed, and n unknown)" in text
 
 
 def test_report_logged_to_parent_run(study_uri: str, report_dir: Path) -> None:
@@ -538,3 +644,208 @@ def test_report_and_export_on_a_real_smoke_study(tmp_path: Path) -> None:
     ]
     final = json.loads(train.stdout.strip().splitlines()[-1])["final"]
     assert final["val_acc"] == pytest.approx(trial.data.metrics["val_acc"], abs=1e-6)
+
+
+def finished_by_group(uri: str, study: str = STUDY) -> dict[str, list]:
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(study)
+    out: dict[str, list] = {}
+    for run in client.search_runs([exp.experiment_id]):
+        tags = run.data.tags
+        if tags.get("distill.role") == "trial" and tags["status"] in ("completed", "crashed"):
+            out.setdefault(tags["distill.group"], []).append(run)
+    return out
+
+
+def test_report_gives_every_accuracy_its_noise(study_uri: str, report_dir: Path) -> None:
+    text = (report_dir / "report.md").read_text()
+    finished = finished_by_group(study_uri)
+    sizes = {r.data.metrics["val_n"] for runs in finished.values() for r in runs}
+    [val_n] = sizes
+    assert val_n == 64  # 10% of the 640 synthetic training images
+    assert f"**Noise.** At n = {int(val_n)} validation examples" in text
+    rows = table_rows(text, "## All configs")
+    single = 0
+    for group, row in rows.items():
+        runs = finished.get(group, [])
+        for metric in ("val_acc", "val_agreement", "test_acc", "test_agreement"):
+            values = [r.data.metrics[metric] for r in runs]
+            cell = row[f"{metric} noise"]
+            if len(values) >= 2:
+                mean = sum(values) / len(values)
+                if len(set(values)) == 1:
+                    low = high = mean
+                else:
+                    low, high = stats.t.interval(
+                        0.95, len(values) - 1, loc=mean, scale=stats.sem(values)
+                    )
+                low, high = max(low, 0.0), min(high, 1.0)  # accuracies: cut to [0, 1]
+                assert cell == f"95% CI [{low:.4f}, {high:.4f}]", (group, metric)
+            elif len(values) == 1:
+                n = runs[0].data.metrics["test_n" if metric.startswith("test") else "val_n"]
+                se = math.sqrt(values[0] * (1 - values[0]) / n)
+                assert cell == f"SE {se:.4f} (n={int(n)})", (group, metric)
+                single += 1
+            else:
+                assert cell == "-"
+    assert single == 4, "the one-seed config shows the binomial SE of all four accuracies"
+    assert rows["g9"]["test_acc noise"].endswith(
+        "(n=160)"
+    )  # the test set: 20% of the 800 synthetic images
+
+
+def test_best_config_line_says_whether_the_runner_up_is_within_noise(
+    study_uri: str, report_dir: Path
+) -> None:
+    text = (report_dir / "report.md").read_text()
+    [line] = [ln for ln in text.splitlines() if ln.startswith("- best config: ")]
+    best, second = list(table_rows(text, "## Top configs"))[:2]
+    finished = finished_by_group(study_uri)
+    a, b = ([r.data.metrics["val_acc"] for r in finished[g]] for g in (best, second))
+    assert line.startswith(f"- best config: `{best}`, val_acc ")
+    if min(len(a), len(b)) >= 2:
+        if len(set(a)) == len(set(b)) == 1:  # no spread on either side: the difference is exact
+            low = a[0] - b[0]
+        else:
+            low = stats.ttest_ind(a, b, equal_var=False).confidence_interval().low
+        within = low <= 0
+        assert "Welch 95% interval" in line and ("inconclusive" if within else "reproduced") in line
+    else:
+        n = 160
+        se = math.hypot(*(math.sqrt(p * (1 - p) / n) for p in (np.mean(a), np.mean(b))))
+        within = abs(np.mean(a) - np.mean(b)) < 2 * se
+        assert f"2 x combined binomial SE = {200 * se:.1f} points" in line
+    said = "is within noise of it" if within else "is beaten beyond noise"
+    assert f"the runner-up `{second}` {said}: " in line
+
+
+def test_cancelled_runs_are_shown_but_neither_ranked_nor_failed(
+    study_uri: str, report_dir: Path
+) -> None:
+    text = (report_dir / "report.md").read_text()
+    assert "Cancelled (not failed, not ranked): 1 run stopped because another seed" in text
+    assert "diverged or failed: 00008-s1." in text
+    row = table_rows(text, "## All configs")["g8"]
+    assert row["rank"] == "-" and row["n"] == "0/2"
+    assert sorted(row["status"].split(", ")) == ["cancelled x1", "failed x1"]
+    statuses = re.search(r"\((\d+ [a-z-]+(?:, \d+ [a-z-]+)*)\); \d+ configs ranked", text).group(1)
+    assert "1 cancelled" in statuses.split(", ")
+    assert "; 1 cancelled (another seed of their trial diverged or failed" in text
+
+
+def test_crash_share_counts_the_flags_of_every_run(study_uri: str, report_dir: Path) -> None:
+    text = (report_dir / "report.md").read_text()
+    runs = trial_runs(study_uri)
+    flagged = [
+        r
+        for r in runs
+        if r.data.tags["status"] == "crashed" or r.data.metrics.get("crashed_epochs", 0) > 0
+    ]
+    if flagged:
+        assert f"{len(flagged)} of {len(runs)} runs" in text
+    else:
+        assert "- crashes: No run was flagged crashed at any epoch." in text
+
+
+def fake_study(values: np.ndarray, scores: np.ndarray) -> Study:
+    """A one-seed-per-config study over a continuous optim.lr, built without MLflow."""
+    runs = pd.DataFrame(
+        {
+            "run_id": [f"r{i}" for i in range(len(values))],
+            "run_name": [f"{i:05d}-s0" for i in range(len(values))],
+            "trial_id": [f"{i:05d}" for i in range(len(values))],
+            "group": [f"{i:05d}" for i in range(len(values))],
+            "seed": "0",
+            "status": "completed",
+            "reason": None,
+            "params.optim.lr": [str(v) for v in values],
+            "metrics.val_acc": scores,
+        }
+    )
+    tags = {"distill.axes": "optim.lr", "distill.scientific": "optim.lr"}
+    return Study("fake", "0", "parent", tags, runs, client=None)  # type: ignore[arg-type]
+
+
+def test_continuous_axis_is_binned_not_joined(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    lr = 10 ** rng.uniform(-3, 0, 30)
+    acc = 0.7 + 0.05 * np.log10(lr) + rng.normal(0, 0.02, 30)
+    study = fake_study(lr, acc)
+    groups = study.groups()
+    [axis] = plots.axis_plots(study, groups, tmp_path)
+    [iso] = plots.isolation_plots(study, groups, tmp_path)
+    for plot in (axis, iso):
+        assert png_size(tmp_path / plot.file) == (int(FIGSIZE[0] * DPI), int(FIGSIZE[1] * DPI))
+        assert "per quantile bin (8 bins)" in plot.sentence
+    b = plots.binned(study.values("optim.lr"), study.metric("val_acc"))
+    assert len(b) == 8 and b["n"].sum() == 30 and (b["n"] >= 3).all()
+    assert b["x"].is_monotonic_increasing and (b["x_high"].shift() < b["x_low"]).iloc[1:].all()
+    for _, row in b.iterrows():
+        inside = acc[(lr >= row["x_low"]) & (lr <= row["x_high"])]
+        low, high = stats.t.interval(
+            0.95, len(inside) - 1, loc=inside.mean(), scale=stats.sem(inside)
+        )
+        assert (row["n"], row["mean"]) == (len(inside), pytest.approx(inside.mean()))
+        assert (row["low"], row["high"]) == (pytest.approx(low), pytest.approx(high))
+
+
+def test_grid_values_are_their_own_bins() -> None:
+    b = plots.binned(pd.Series([0.0, 0.0, 0.5, 0.5, 1.0, 1.0]), pd.Series([1, 3, 2, 2, 5, 7.0]))
+    assert b["x"].tolist() == [0.0, 0.5, 1.0] and b["n"].tolist() == [2, 2, 2]
+    assert b["mean"].tolist() == [2.0, 2.0, 6.0]
+    assert (b["low"].iloc[1], b["high"].iloc[1]) == (2.0, 2.0)  # no spread: zero width
+
+
+@pytest.fixture(scope="module")
+def lambda_report(one_thread: None, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    uri = build_lambda_study(tmp_path_factory.mktemp("lambda_store"))
+    out = tmp_path_factory.mktemp("lambda_report")
+    result = invoke("report", LAMBDA_STUDY, "--tracking-uri", uri, "--out", str(out))
+    assert result.exit_code == 0, result.output
+    return uri, out
+
+
+def test_fidelity_plot_for_an_interp_lambda_study(lambda_report: tuple[str, Path]) -> None:
+    uri, out = lambda_report
+    names = {p.name for p in out.iterdir()}
+    assert {
+        "fidelity_lambda.png",
+        "axis_init_interp_lambda.png",
+        "isolation_init_interp_lambda.png",
+    } <= names
+    assert png_size(out / "fidelity_lambda.png") == (int(FIGSIZE[0] * DPI), int(FIGSIZE[1] * DPI))
+    text = (out / "report.md").read_text()
+    section = text.split("### Fidelity vs lambda", 1)[1].split("\n### ", 1)[0]
+    assert "![Fidelity vs lambda](fidelity_lambda.png)" in section
+    runs = [r for rs in finished_by_group(uri, LAMBDA_STUDY).values() for r in rs]
+    with_teacher = [r for r in runs if "val_agreement" in r.data.metrics]
+    assert len(with_teacher) == len(LAMBDAS) * len(SEEDS)
+    lam = [float(r.data.params["init.interp_lambda"]) for r in with_teacher]
+    for metric in ("train_agreement", "val_agreement"):
+        fit_ = stats.linregress(lam, [r.data.metrics[metric] for r in with_teacher])
+        half = stats.t.ppf(0.975, len(lam) - 2) * fit_.stderr
+        outcome = (
+            "reproduced"
+            if fit_.slope - half > 0
+            else "not reproduced"
+            if fit_.slope + half < 0
+            else "inconclusive"
+        )
+        said = f"{metric}: {outcome}: {fit_.slope:+.3g} per unit lambda [{fit_.slope - half:.3g}"
+        assert said in section
+        assert f"over {len(lam)} runs" in section
+    assert "Train minus validation slope: " in section
+
+
+def test_crash_share_with_a_collapsed_run(lambda_report: tuple[str, Path]) -> None:
+    _, out = lambda_report
+    text = (out / "report.md").read_text()
+    share = (
+        "2 of 8 runs (25%) were flagged crashed: 1 ended crashed (status crashed), "
+        "1 recovered (completed with crashed_epochs > 0)."
+    )
+    assert f"- crashes: {share}" in text
+    status = text.split("### Run outcomes", 1)[1].split("\n### ", 1)[0]
+    assert share in status and "12% crashed, diverged or failed" in status
+    row = table_rows(text, "## All configs")["g3"]
+    assert row["n"] == "2/2" and sorted(row["status"].split(", ")) == ["completed x1", "crashed x1"]

@@ -20,9 +20,11 @@ import pandas as pd
 
 from analysis.outdir import prepare_out
 from analysis.report import mean_std
-from analysis.study import FINISHED, TEST_METRICS, Study, seed_key
+from analysis.study import TEST_METRICS, Study, seed_key
 from distill_core import Config, EpochReport, UserError, fit, load_config, make_config
+from tracking import schema
 from tracking.client import RunLogger
+from tracking.schema import FINISHED, Role, Status
 
 
 @dataclass
@@ -75,7 +77,7 @@ def header(study: Study, row: pd.Series, group: str, cfg: Config, path: Path) ->
         if pd.notna(row[f"{m} mean"])
     ]
     lines = [
-        f"distill-study export of study '{study.name}' (space {study.tags.get('distill.space', '?')}): "
+        f"distill-study export of study '{study.name}' (space {study.tags.get(schema.SPACE, '?')}): "
         f"rank {int(row['rank'])} on validation {obj} ({study.mode})",
         f"config {group}{'' if row['trials'] == group else ', trials ' + row['trials']}, "
         f"seeds {row['seeds']} ({row['n']} finished); "
@@ -104,11 +106,11 @@ def final_runs(
                 item.config.model_dump(mode="json"), {"data.val_fraction": 0.0, "run.seed": seed}
             )
             tags = {
-                "mlflow.parentRunId": study.parent_run_id,
-                "distill.role": "final",
-                "distill.group": item.group,
-                "distill.rank": str(item.rank),
-                "space": study.tags.get("distill.space", ""),
+                schema.PARENT: study.parent_run_id,
+                schema.ROLE: Role.FINAL,
+                schema.GROUP: item.group,
+                schema.RANK: str(item.rank),
+                schema.SPACE_NAME: study.tags.get(schema.SPACE, ""),
             }
             logger = RunLogger.start(
                 study.client,
@@ -124,9 +126,9 @@ def final_runs(
             try:
                 result = fit(cfg, on_epoch=on_epoch)
             except BaseException:
-                logger.finish("failed")
+                logger.finish(Status.FAILED)
                 raise
-            logger.finish(result.status, result.final, step=len(result.history))
+            logger.finish(Status(result.status), result.final, step=len(result.history))
             say(
                 f"final {item.path.name} seed {seed}: {result.status}, "
                 + ", ".join(f"{m} {result.final[m]:.4f}" for m in TEST_METRICS if m in result.final)

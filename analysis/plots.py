@@ -27,7 +27,8 @@ from optuna.distributions import (  # noqa: E402
 )
 
 from analysis.stats import slope, slope_difference, summarize, verdict  # noqa: E402
-from analysis.study import CANCELLED, FINISHED, Study, feasible  # noqa: E402
+from analysis.study import Study, feasible  # noqa: E402
+from tracking.schema import BROKEN, FINISHED, Status  # noqa: E402
 
 # One "new study created" line per rebuilt study is noise.
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -39,18 +40,20 @@ MIN_PER_BIN = 3  # ... of at least this many points where there are enough
 FIDELITY_AXIS = "init.interp_lambda"
 TOP_COLORS = ("tab:blue", "tab:green", "tab:purple")  # none of them a status colour
 TOP_CURVES = len(TOP_COLORS)
+CRASHED_METRIC = "crashed"  # the trainer's per-epoch flag (a metric, not the run status)
+RECOVERED = "recovered"  # a completed run that was flagged crashed in some epoch
 STATUS_COLORS = {
-    "completed": "tab:blue",
-    "recovered": "tab:cyan",
-    "early-stopped": "tab:gray",
-    "crashed": "tab:red",
-    "diverged": "tab:orange",
-    "failed": "black",
-    CANCELLED: "tab:pink",
-    "running": "tab:olive",
-    "interrupted": "tab:brown",
+    Status.COMPLETED: "tab:blue",
+    RECOVERED: "tab:cyan",
+    Status.EARLY_STOPPED: "tab:gray",
+    Status.CRASHED: "tab:red",
+    Status.DIVERGED: "tab:orange",
+    Status.FAILED: "black",
+    Status.CANCELLED: "tab:pink",
+    Status.RUNNING: "tab:olive",
+    Status.INTERRUPTED: "tab:brown",
 }
-HOLLOW = ("early-stopped", CANCELLED)  # their objective is where they stopped
+HOLLOW = (Status.EARLY_STOPPED, Status.CANCELLED)  # their objective is where they stopped
 
 
 @dataclass
@@ -144,11 +147,12 @@ def learning_curves(study: Study, groups: pd.DataFrame, out: Path) -> Plot:
     runs = study.runs
     top = groups[groups["rankable"]].head(TOP_CURVES)
     unstable = runs[
-        runs["status"].isin(["crashed", "diverged"]) | (study.metric("crashed_epochs") > 0)
+        runs["status"].isin([Status.CRASHED, Status.DIVERGED])
+        | (study.metric("crashed_epochs") > 0)
     ]
     top_runs = [runs[runs["group"] == group] for group in top.index]  # best config first
     shown = pd.concat([*top_runs, unstable]).drop_duplicates("run_id")
-    hist = study.history(list(shown["run_id"]), [study.objective, "train_loss", "crashed"])
+    hist = study.history(list(shown["run_id"]), [study.objective, "train_loss", CRASHED_METRIC])
     fig, (ax_obj, ax_loss) = plt.subplots(1, 2, figsize=FIGSIZE, dpi=DPI, layout="constrained")
     fig.suptitle(
         f"{study.name}: learning curves (top {len(top)} configs, {len(unstable)} unstable runs)"
@@ -161,7 +165,7 @@ def learning_curves(study: Study, groups: pd.DataFrame, out: Path) -> Plot:
         }
         if run["run_id"] in set(unstable["run_id"]):
             color, style, label = STATUS_COLORS.get(run["status"], "tab:red"), "--", run["status"]
-            if run["status"] == "completed":
+            if run["status"] == Status.COMPLETED:
                 color, label = STATUS_COLORS["recovered"], "recovered from a crash"
         else:
             rank = int(groups.loc[run["group"], "rank"])
@@ -177,7 +181,7 @@ def learning_curves(study: Study, groups: pd.DataFrame, out: Path) -> Plot:
             at = crashed[crashed > 0].index.intersection(curves[study.objective].index)
             ax_obj.plot(at, curves[study.objective][at], "x", color="tab:red", markersize=8)
         # The non-finite loss itself is not logged: mark the last finite one.
-        if run["status"] == "diverged" and "train_loss" in curves:
+        if run["status"] == Status.DIVERGED and "train_loss" in curves:
             ax_loss.plot(
                 curves["train_loss"].index[-1:],
                 curves["train_loss"].values[-1:],
@@ -199,8 +203,8 @@ def learning_curves(study: Study, groups: pd.DataFrame, out: Path) -> Plot:
         ax.xaxis.get_major_locator().set_params(integer=True)
     ax_obj.legend(fontsize=8)
     name = _save(fig, out, "learning_curves.png")
-    n_crashed = int((unstable["status"] == "crashed").sum())
-    n_diverged = int((unstable["status"] == "diverged").sum())
+    n_crashed = int((unstable["status"] == Status.CRASHED).sum())
+    n_diverged = int((unstable["status"] == Status.DIVERGED).sum())
     n_recovered = len(unstable) - n_crashed - n_diverged
     sentence = (
         f"{study.objective} and training loss per epoch for every seed of the top {len(top)} configs (solid) and of "
@@ -220,14 +224,14 @@ def axis_plots(study: Study, groups: pd.DataFrame, out: Path) -> list[Plot]:
     plots = []
     runs = study.runs
     score = study.metric(study.objective)
-    recovered = runs["status"].eq("completed") & (study.metric("crashed_epochs") > 0)
+    recovered = runs["status"].eq(Status.COMPLETED) & (study.metric("crashed_epochs") > 0)
     for axis in study.axes:
         values = study.values(axis)
         fig, ax = _figure(f"{study.name}: {study.objective} vs {axis}")
         x, ticks = _positions(values)
         for status, color in STATUS_COLORS.items():
             # No comparable objective: a mark on the bottom edge.
-            if status in ("diverged", "failed"):
+            if status in BROKEN:
                 picked = runs["status"].eq(status) & x.notna()
                 ax.plot(
                     x[picked],
@@ -240,7 +244,7 @@ def axis_plots(study: Study, groups: pd.DataFrame, out: Path) -> list[Plot]:
                 )
                 continue
             picked = runs["status"].eq(status) & score.notna() & x.notna()
-            if status == "completed":
+            if status == Status.COMPLETED:
                 picked &= ~recovered
             if status == "recovered":
                 picked = recovered & score.notna() & x.notna()
@@ -492,10 +496,17 @@ def pareto_plot(study: Study, groups: pd.DataFrame, out: Path) -> Plot:
 def status_plot(study: Study, out: Path) -> Plot:
     """Share of runs per final status (recovered: completed after a crash), and the crash share."""
     status = study.runs["status"].where(
-        ~(study.metric("crashed_epochs") > 0) | (study.runs["status"] != "completed"), "recovered"
+        ~(study.metric("crashed_epochs") > 0) | (study.runs["status"] != Status.COMPLETED),
+        RECOVERED,
     )
     # A zero bar is news too.
-    always = ("completed", "early-stopped", "crashed", "diverged", "failed")
+    always = (
+        Status.COMPLETED,
+        Status.EARLY_STOPPED,
+        Status.CRASHED,
+        Status.DIVERGED,
+        Status.FAILED,
+    )
     counts = status.value_counts().reindex(
         [s for s in STATUS_COLORS if s in always or s in set(status)], fill_value=0
     )
@@ -506,9 +517,9 @@ def status_plot(study: Study, out: Path) -> Plot:
     ax.set_ylabel("share of runs (%)")
     ax.set_ylim(0, 110)
     name = _save(fig, out, "status.png")
-    bad = share.reindex(["crashed", "diverged", "failed"]).fillna(0).sum()
-    stopped = share.get("early-stopped", 0.0)
-    cancelled = int(counts.get(CANCELLED, 0))
+    bad = share.reindex([Status.CRASHED, Status.DIVERGED, Status.FAILED]).fillna(0).sum()
+    stopped = share.get(Status.EARLY_STOPPED, 0.0)
+    cancelled = int(counts.get(Status.CANCELLED, 0))
     return Plot(
         name,
         "Run outcomes",

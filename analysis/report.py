@@ -17,14 +17,13 @@ from analysis import plots
 from analysis.outdir import prepare_out
 from analysis.stats import binomial_se, difference, verdict, wilson_interval
 from analysis.study import (
-    BROKEN,
-    CANCELLED,
-    FINISHED,
     TEST_METRICS,
     Study,
     eval_size,
     is_proportion,
 )
+from tracking import schema
+from tracking.schema import BROKEN, FINISHED, Status
 
 TOP_CONFIGS = 5
 ARTIFACT_DIR = "report"
@@ -63,8 +62,8 @@ def render(study: Study, groups: pd.DataFrame, drawn: list[plots.Plot]) -> str:
     lines = [
         f"# Study `{study.name}`",
         "",
-        f"- search space: `{study.tags.get('distill.space', '?')}`; objective: `{study.objective}` ({study.mode}), "
-        f"study status: {study.tags.get('distill.status', '?')}",
+        f"- search space: `{study.tags.get(schema.SPACE, '?')}`; objective: `{study.objective}` ({study.mode}), "
+        f"study status: {study.tags.get(schema.STUDY_STATUS, '?')}",
         f"- {len(runs)} runs of {len(groups)} configs ({statuses}); {len(ranked)} configs ranked",
         f"- sampled: {', '.join(f'`{a}`' for a in study.axes) or 'nothing'}; "
         f"scientific: {', '.join(f'`{a}`' for a in study.scientific) or 'none declared'}; "
@@ -136,7 +135,7 @@ def failures(study: Study) -> list[str]:
                 )
             ),
         ]
-    cancelled = study.runs[study.runs["status"] == CANCELLED]
+    cancelled = study.runs[study.runs["status"] == Status.CANCELLED]
     if len(cancelled):
         lines += [
             "",

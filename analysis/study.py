@@ -14,33 +14,27 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-import mlflow
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from analysis.stats import Summary, summarize, wilson_interval
 from distill_core import UserError
 from distill_core.config import parse_value
+from tracking import schema
+from tracking.client import runs_frame, search_runs
+from tracking.schema import BROKEN, FINISHED, Role, Status
 
-#: Runs that trained every epoch: their objectives compare with each other.
-FINISHED = ("completed", "crashed")
-#: Runs whose config is not worth recommending, whatever its other seeds did.
-BROKEN = ("diverged", "failed")
-#: Stopped by the runner because another seed of its trial diverged or failed: neither ranked nor
-#: counted as failed.
-CANCELLED = "cancelled"
 TEST_METRICS = ("test_acc", "test_nll", "test_ece", "test_agreement", "test_kl")
 CONFIDENCE = 0.95
-STUDY_FILTER = "tags.`distill.role` = 'study'"
 #: Why a run failed, diverged or was abandoned; a diverged run carries no tag.
 DIVERGED_REASON = "non-finite training loss"
 
 
 def list_studies(client: MlflowClient) -> dict[str, str]:
     """Study name -> experiment id, for every experiment holding a study parent run."""
-    mlflow.set_tracking_uri(client.tracking_uri)  # mlflow.search_runs reads the global URI
-    parents = mlflow.search_runs(search_all_experiments=True, filter_string=STUDY_FILTER)
-    ids = sorted(set(parents["experiment_id"])) if len(parents) else []
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    parents = search_runs(client, experiments, schema.STUDIES) if experiments else []
+    ids = sorted({run.info.experiment_id for run in parents})
     return {client.get_experiment(i).name: i for i in ids}
 
 
@@ -67,28 +61,28 @@ class Study:
 
     @property
     def objective(self) -> str:
-        return self.tags.get("distill.objective", "val_acc")
+        return self.tags.get(schema.OBJECTIVE, "val_acc")
 
     @property
     def mode(self) -> str:
-        return self.tags.get("distill.mode", "max")
+        return self.tags.get(schema.MODE, "max")
 
     @property
     def command(self) -> str:
-        return self.tags.get("distill.command", "")
+        return self.tags.get(schema.COMMAND, "")
 
     @property
     def scientific(self) -> list[str]:
-        return _split(self.tags.get("distill.scientific", ""))
+        return _split(self.tags.get(schema.SCIENTIFIC, ""))
 
     @property
     def nuisance(self) -> list[str]:
-        return _split(self.tags.get("distill.nuisance", ""))
+        return _split(self.tags.get(schema.NUISANCE, ""))
 
     @cached_property
     def axes(self) -> list[str]:
         """The sampled parameters: tag ``distill.axes``, else every param that varies (but the seed)."""
-        tagged = _split(self.tags.get("distill.axes", ""))
+        tagged = _split(self.tags.get(schema.AXES, ""))
         if tagged:
             return [a for a in tagged if f"params.{a}" in self.runs]
         params = [c for c in self.runs if c.startswith("params.") and c != "params.run.seed"]
@@ -156,7 +150,7 @@ class Study:
         for m in metrics:
             out[f"{m} count"] = out[f"{m} count"].fillna(0).astype(int)
         out["n"] = finished.groupby(runs["group"], sort=False).sum().astype(int)
-        stopped = runs["status"].eq("early-stopped")
+        stopped = runs["status"].eq(Status.EARLY_STOPPED)
         out[f"{self.objective} stopped"] = (
             self.metric(self.objective)[stopped].groupby(runs.loc[stopped, "group"]).mean()
         )
@@ -182,8 +176,8 @@ class Study:
         diverged or failed after a flagged epoch), ``flagged`` (all three) and ``runs``."""
         status = self.runs["status"]
         flagged_epoch = self.metric("crashed_epochs") > 0
-        ended = status.eq("crashed")
-        recovered = status.eq("completed") & flagged_epoch
+        ended = status.eq(Status.CRASHED)
+        recovered = status.eq(Status.COMPLETED) & flagged_epoch
         flagged = ended | flagged_epoch
         return {
             "ended": int(ended.sum()),
@@ -214,22 +208,17 @@ def load_study(client: MlflowClient, name: str) -> Study:
     exp = client.get_experiment_by_name(name)
     if exp is None:
         raise unknown_study(client, name)
-    mlflow.set_tracking_uri(client.tracking_uri)
-    parents = mlflow.search_runs(
-        [exp.experiment_id], STUDY_FILTER, order_by=["attributes.start_time DESC"]
+    parents = search_runs(
+        client, [exp.experiment_id], schema.STUDIES, order_by=["attributes.start_time DESC"]
     )
-    if parents.empty:
+    if not parents:
         raise unknown_study(client, name)
-    parent = parents.iloc[0]
-    tags = {
-        c.removeprefix("tags."): v
-        for c, v in parent.items()
-        if c.startswith("tags.") and isinstance(v, str)
-    }
-    children = f"tags.`mlflow.parentRunId` = '{parent['run_id']}' and tags.`distill.role` = "
-    runs = _tidy(mlflow.search_runs([exp.experiment_id], children + "'trial'"))
-    abandoned = mlflow.search_runs([exp.experiment_id], children + "'abandoned'")
-    names = sorted(abandoned["tags.mlflow.runName"]) if len(abandoned) else []
+    parent = parents[0]
+    tags = dict(parent.data.tags)
+    found = [exp.experiment_id]
+    runs = _tidy(runs_frame(search_runs(client, found, schema.children(parent.info.run_id))))
+    abandoned = search_runs(client, found, schema.children(parent.info.run_id, Role.ABANDONED))
+    names = sorted(r.data.tags.get(schema.RUN_NAME, r.info.run_id) for r in abandoned)
     if not runs["status"].isin(FINISHED).any():
         counts = (
             ", ".join(f"{n} {s}" for s, n in runs["status"].value_counts().items())
@@ -239,7 +228,7 @@ def load_study(client: MlflowClient, name: str) -> Study:
             f"study {name!r} has no finished trials yet ({counts}); wait until one completes, "
             f"or resume it with its command plus --resume"
         )
-    return Study(name, exp.experiment_id, parent["run_id"], tags, runs, client, names)
+    return Study(name, exp.experiment_id, parent.info.run_id, tags, runs, client, names)
 
 
 def is_proportion(metric: str) -> bool:
@@ -282,12 +271,12 @@ def _tidy(children: pd.DataFrame) -> pd.DataFrame:
     """Child runs with the layout's tags as plain columns, in trial order."""
     named = {
         "run_id": "run_id",
-        "tags.mlflow.runName": "run_name",
-        "tags.distill.trial_id": "trial_id",
-        "tags.distill.group": "group",
-        "tags.seed": "seed",
-        "tags.status": "status",
-        "tags.distill.failure_reason": "reason",
+        f"tags.{schema.RUN_NAME}": "run_name",
+        f"tags.{schema.TRIAL_ID}": "trial_id",
+        f"tags.{schema.GROUP}": "group",
+        f"tags.{schema.SEED}": "seed",
+        f"tags.{schema.STATUS}": "status",
+        f"tags.{schema.FAILURE_REASON}": "reason",
     }
     # MLflow's own run status (FINISHED, FAILED) would clash with the layout's status tag.
     runs = children.rename(columns={"status": "mlflow_status"})
@@ -296,8 +285,8 @@ def _tidy(children: pd.DataFrame) -> pd.DataFrame:
     # A tag no run has comes back as a float NaN column.
     runs[list(named.values())] = runs[list(named.values())].astype(object)
     runs["group"] = runs["group"].fillna(runs["trial_id"]).fillna(runs["run_id"])
-    runs["status"] = runs["status"].fillna("running")
-    runs["reason"] = runs["reason"].where(runs["status"] != "diverged", DIVERGED_REASON)
+    runs["status"] = runs["status"].fillna(Status.RUNNING)
+    runs["reason"] = runs["reason"].where(runs["status"] != Status.DIVERGED, DIVERGED_REASON)
     order = runs["start_time"] if "start_time" in runs else runs.index
     return (
         runs.assign(_order=order)

@@ -216,6 +216,6 @@ class StudyTracker(tune.Callback):
         elif last.get("finished") and math.isnan(value):
             outcome = f"diverged at epoch {last.get('epoch', 0)} (non-finite loss)"
         else:
-            ended = "completed" if last.get("finished") else "early-stopped"
+            ended = Status.COMPLETED if last.get("finished") else Status.EARLY_STOPPED
             outcome = f"{ended} at epoch {last.get('epoch', 0)}: {self.objective} {value:.4f}"
         print(f"trial {done}/{self._total} {trial.trial_id} {outcome}  [{sampled}]", flush=True)

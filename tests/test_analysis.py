@@ -31,10 +31,11 @@ from scipy import stats
 
 from analysis import plots
 from analysis.plots import DPI, FIGSIZE
-from analysis.study import CANCELLED, Study
+from analysis.study import Study
 from distill_core import Config, EpochReport, fit, load_data, make_config
 from studies.cli import main
 from tracking.client import RunLogger, get_or_create_experiment, open_client
+from tracking.schema import Status
 
 STUDY = "alpha"
 SEEDS = (0, 1)
@@ -79,7 +80,10 @@ def build_study(root: Path, name: str = STUDY) -> str:
     plan += [(0.5, 9.0, seed, None) for seed in SEEDS]  # diverges: non-finite loss
     # Stopped after epoch 1; failed in epoch 2, its other seed cancelled after epoch 1.
     plan += [(0.3, 0.01, 0, ("early-stopped", 1)), (0.7, 0.01, 0, ("failed", 2))]
-    plan += [(0.7, 0.01, 1, (CANCELLED, 1)), (0.3, 0.05, 0, None)]  # ... and a one-seed config
+    plan += [
+        (0.7, 0.01, 1, (Status.CANCELLED, 1)),
+        (0.3, 0.05, 0, None),
+    ]  # ... and a one-seed config
     groups: dict[tuple[float, float], int] = {}
     for alpha, lr, seed, stop in plan:
         number = groups.setdefault((alpha, lr), len(groups))
@@ -114,10 +118,7 @@ def build_study(root: Path, name: str = STUDY) -> str:
         try:
             result = fit(cfg, on_epoch=on_epoch)
         except Stop:
-            if stop[0] == CANCELLED:
-                cancel(client, logger.run_id)
-            else:
-                logger.finish(stop[0], reason=OOM if stop[0] == "failed" else None)
+            logger.finish(stop[0], reason=OOM if stop[0] == "failed" else None)
             continue
         logger.finish(result.status, {**result.final, "test_n": test_n}, step=len(result.history))
     abandoned = client.create_run(
@@ -146,14 +147,6 @@ def eval_sizes(cfg: Config) -> tuple[int, int]:
     """``val_n`` and ``test_n`` of a run: what the trainer logs on the core branch."""
     data = load_data(cfg.data)
     return len(data.val_y), len(data.test_y)
-
-
-def cancel(client: MlflowClient, run_id: str) -> None:
-    """End a run as the runner ends a seed whose sibling diverged or failed (status cancelled).
-
-    RunLogger.finish does not know the status yet (studies/tracking.py's RUN_STATUS)."""
-    client.set_tag(run_id, "status", CANCELLED)
-    client.set_terminated(run_id, "KILLED")
 
 
 def build_kinds(client: MlflowClient, base: dict) -> None:

@@ -30,6 +30,7 @@ from distill_core.init import interpolate_, reestimate_bn
 from distill_core.methods import METHODS, Method
 from distill_core.metrics import classification_metrics
 from distill_core.models import predict, speed_up
+from distill_core.rng import RunRNG
 from distill_core.schedules import build_optimizer, build_schedule
 from distill_core.teachers import TeacherStore
 
@@ -110,21 +111,21 @@ def fit_epochs(
     if cfg.run.threads is not None:
         torch.set_num_threads(cfg.run.threads)
     data = (data or load_data(cfg.data)).to(device)
-    teacher = None
-    if cfg.uses_teacher:  # may train the teacher first, so seed only afterwards
-        teacher = TeacherStore(cfg.run.teacher_store).teacher_for(cfg, data, device, log=log)
-        speed_up(teacher, channels_last=cfg.run.channels_last, compile=False)
-
-    torch.manual_seed(cfg.run.seed)
-    generator = torch.Generator().manual_seed(cfg.run.seed)
-    method: Method = METHODS.get(cfg.method.name)(cfg, data, device, teacher)
-    if cfg.init.interp_lambda is not None:
-        assert teacher is not None
-        interpolate_(method.nets[0], teacher, cfg.init.interp_lambda)
-        shuffled = batches(data.train_x, data.train_y, cfg.run.batch_size, generator=generator)
-        reestimate_bn(
-            method.nets[0], [b.x for b in itertools.islice(shuffled, cfg.init.bn_batches)]
-        )
+    rng = RunRNG(cfg.run.seed, device)  # the run's own random state: see distill_core.rng
+    generator = torch.Generator().manual_seed(cfg.run.seed)  # batch order and augmentation
+    with rng.active():
+        teacher = None
+        if cfg.uses_teacher:  # trains the teacher first if the store lacks it
+            teacher = TeacherStore(cfg.run.teacher_store).teacher_for(cfg, data, device, log=log)
+            speed_up(teacher, channels_last=cfg.run.channels_last, compile=False)
+        method: Method = METHODS.get(cfg.method.name)(cfg, data, device, teacher)
+        if cfg.init.interp_lambda is not None:
+            assert teacher is not None
+            interpolate_(method.nets[0], teacher, cfg.init.interp_lambda)
+            shuffled = batches(data.train_x, data.train_y, cfg.run.batch_size, generator=generator)
+            reestimate_bn(
+                method.nets[0], [b.x for b in itertools.islice(shuffled, cfg.init.bn_batches)]
+            )
 
     steps_per_epoch = math.ceil(len(data.train_y) / cfg.run.batch_size)
     optimizers = [build_optimizer(net.parameters(), cfg.optim) for net in method.nets]
@@ -152,7 +153,7 @@ def fit_epochs(
         for (sch, _), s in zip(schedules, resume_from["schedules"], strict=True):
             sch.load_state_dict(s)
         generator.set_state(resume_from["generator"])
-        torch.set_rng_state(resume_from["torch_rng"])
+        rng.load_state_dict(resume_from["rng"])
         history = list(resume_from["history"])
         start_epoch, crashed_epochs = resume_from["epoch"], resume_from["crashed_epochs"]
 
@@ -163,7 +164,7 @@ def fit_epochs(
             "optimizers": [o.state_dict() for o in optimizers],
             "schedules": [s.state_dict() for s, _ in schedules],
             "generator": generator.get_state(),
-            "torch_rng": torch.get_rng_state(),
+            "rng": rng.state_dict(),
             "history": list(history),
             "crashed_epochs": crashed_epochs,
         }
@@ -191,23 +192,24 @@ def fit_epochs(
     for epoch in range(start_epoch, cfg.run.epochs):
         t0 = time.perf_counter()
         lr = optimizers[0].param_groups[0]["lr"]
-        method.train()
-        losses = []
-        for batch in batches(
-            data.train_x,
-            data.train_y,
-            cfg.run.batch_size,
-            generator=generator,
-            augment=data.augment,
-        ):
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.run.amp):
-                losses.append(method.train_step(batch, epoch, optimizers))
-            if per_step:
+        with rng.active():  # nothing in the block may yield: another run may draw in between
+            method.train()
+            losses = []
+            for batch in batches(
+                data.train_x,
+                data.train_y,
+                cfg.run.batch_size,
+                generator=generator,
+                augment=data.augment,
+            ):
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.run.amp):
+                    losses.append(method.train_step(batch, epoch, optimizers))
+                if per_step:
+                    for s, _ in schedules:
+                        s.step()
+            if not per_step:
                 for s, _ in schedules:
                     s.step()
-        if not per_step:
-            for s, _ in schedules:
-                s.step()
         train_loss = (
             torch.stack(losses).float().mean().item()
         )  # the epoch's one wait for the device

@@ -234,6 +234,69 @@ def test_identical_runs_are_identical_and_seeds_differ(tmp_path: Path) -> None:
     assert other.final["train_loss"] != a.final["train_loss"]
 
 
+# --- determinism: a run owns its random state ----------------------------------------------
+
+
+@pytest.fixture
+def dropout_nets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every trained network draws from torch's global RNG in each training forward (input dropout)."""
+    import distill_core.methods as methods
+    import distill_core.teachers as teachers
+
+    real = methods.build_model
+
+    def with_dropout(*args: Any) -> torch.nn.Module:
+        return torch.nn.Sequential(torch.nn.Dropout(0.2), real(*args))
+
+    monkeypatch.setattr(methods, "build_model", with_dropout)
+    monkeypatch.setattr(teachers, "build_model", with_dropout)  # stored teachers load alike
+
+
+DETERMINISM_CASES = {
+    "scratch": {"method": {"name": "scratch"}},
+    "kd": {"method": {"name": "kd"}},
+    "dml": {"method": {"name": "dml"}},
+    "pcl": {"method": {"name": "pcl"}},
+    "dkel": {"method": {"name": "dkel"}},
+}
+
+
+@pytest.mark.parametrize("case", DETERMINISM_CASES)
+def test_a_run_zipped_with_another_seed_equals_the_run_alone(
+    tmp_path: Path, dropout_nets: None, case: str
+) -> None:
+    cfg = config(tmp_path, **DETERMINISM_CASES[case])
+    other = config(tmp_path, **DETERMINISM_CASES[case], run={"seed": 1})
+    zipped = [a for a, _ in zip(fit_epochs(cfg), fit_epochs(other), strict=True)]
+    assert zipped[-1].result is not None
+    alone = fit(cfg)
+    same_run(zipped[-1].result, alone)
+    assert fit(other).final["train_loss"] != alone.final["train_loss"]
+
+
+def test_a_run_does_not_depend_on_what_ran_before_and_leaves_the_global_rng_alone(
+    tmp_path: Path, dropout_nets: None
+) -> None:
+    cfg = config(tmp_path, method={"name": "scratch"})
+    first = fit(cfg)
+    torch.manual_seed(123)
+    torch.rand(7)
+    fit(config(tmp_path, method={"name": "dml"}, run={"seed": 4}))
+    before = torch.get_rng_state()
+    again = fit(cfg)
+    same_run(first, again)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_resume_restores_the_run_random_state(tmp_path: Path, dropout_nets: None) -> None:
+    cfg = config(tmp_path, method={"name": "scratch"}, run={"epochs": 3})
+    states: list[dict[str, Any]] = []
+    full = fit(cfg, on_epoch=lambda r: states.append(copy.deepcopy(r.state())))
+    torch.manual_seed(99)  # what the process draws from does not matter
+    same_run(full, fit(cfg, resume_from=states[0]))
+    assert not torch.equal(states[0]["rng"]["cpu"], states[1]["rng"]["cpu"])
+
+
 def test_fresh_teacher_run_equals_stored_teacher_run(tmp_path: Path) -> None:
     cfg = config(tmp_path)
     notes: list[str] = []
@@ -319,7 +382,7 @@ def test_state_holds_what_resume_needs(tmp_path: Path) -> None:
         "optimizers",
         "schedules",
         "generator",
-        "torch_rng",
+        "rng",
         "history",
         "crashed_epochs",
     }

@@ -16,9 +16,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from distill_core.errors import ConfigError
 
-TEACHER_METHODS = ("kd", "takd", "eskd")
-PEER_METHODS = ("dml", "pcl", "dkel")
-
 
 class Section(BaseModel):
     """A config section: unknown keys are errors, assignments are validated."""
@@ -265,40 +262,19 @@ class Config(Section):
         from distill_core.data import DATASETS
         from distill_core.methods import METHODS
         from distill_core.models import MODELS
+        from distill_core.teachers import uses_teacher
 
         DATASETS.get(self.data.name)
-        METHODS.get(self.method.name)
+        method = METHODS.get(self.method.name)
         MODELS.get(self.model.name)
+        if uses_teacher(self):
+            MODELS.get(self.teacher.model, key="teacher.model")
+        method.check(self)
         m = self.method
-        if self.uses_teacher:
-            _known_model(self.teacher.model, "teacher.model")
-        if m.name == "takd":
-            if m.ta_model is None:
-                raise ValueError(
-                    "method takd needs a teacher assistant; set method.ta_model (e.g. resnet20)"
-                )
-            _known_model(m.ta_model, "method.ta_model")
-        if m.name == "eskd" and m.kd_stop_epoch is None:
-            raise ValueError(
-                "method eskd needs method.kd_stop_epoch; set it to the epoch after which KD stops"
-            )
         if m.kd_stop_epoch is not None and m.kd_stop_epoch > self.run.epochs:
             raise ValueError(
                 f"method.kd_stop_epoch={m.kd_stop_epoch} is after run.epochs={self.run.epochs}; lower it"
             )
-        if m.name in PEER_METHODS and m.peers < 2:
-            raise ValueError(f"method {m.name} needs at least 2 peers; set method.peers >= 2")
-        if m.peer_models is not None:
-            if m.name != "dml":
-                raise ValueError(
-                    "method.peer_models is only used by dml; remove it or set method.name=dml"
-                )
-            if len(m.peer_models) != m.peers:
-                raise ValueError(
-                    f"method.peer_models lists {len(m.peer_models)} models for method.peers={m.peers}; make them agree"
-                )
-            for name in m.peer_models:
-                _known_model(name, "method.peer_models")
         if self.init.interp_lambda is not None and self.teacher.model != self.model.name:
             raise ValueError(
                 f"init.interp_lambda needs student and teacher of one architecture, got model.name={self.model.name} "
@@ -315,11 +291,6 @@ class Config(Section):
             )
         return self
 
-    @property
-    def uses_teacher(self) -> bool:
-        """Whether this run loads a teacher from the store."""
-        return self.method.name in TEACHER_METHODS or self.init.interp_lambda is not None
-
     def flat(self) -> dict[str, Any]:
         """The resolved config as dotted keys (MLflow params, overrides)."""
         return flatten(self.model_dump(mode="json"))
@@ -331,16 +302,6 @@ class Config(Section):
         """A short content hash of the resolved config."""
         blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def _known_model(name: str, key: str) -> None:
-    """Like ``MODELS.get`` but naming the config key that holds ``name`` (not always model.name)."""
-    from distill_core.models import MODELS
-
-    if name not in MODELS:
-        raise ValueError(
-            f"unknown model {name!r}; set {key} to one of: {', '.join(MODELS.names())}"
-        )
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -26,6 +26,7 @@ from filelock import FileLock
 from distill_core.config import Config, make_config
 from distill_core.data import Splits
 from distill_core.errors import TeacherError, require_writable
+from distill_core.methods import METHODS
 from distill_core.models import build_model
 
 # Keys that do not change what a teacher learns, so they do not enter its hash.
@@ -91,14 +92,29 @@ class Requirement(NamedTuple):
     save_epochs: list[int] | None  # None: every epoch
 
 
+_STAGES: dict[str, Callable[[Config], Requirement]] = {
+    "teacher": lambda cfg: Requirement(
+        teacher_spec(cfg), cfg.teacher.resolved_epoch, cfg.teacher.save_epochs
+    ),
+    "assistant": lambda cfg: Requirement(assistant_spec(cfg), cfg.teacher.epochs, None),
+}
+
+
+def uses_teacher(cfg: Config) -> bool:
+    """Whether a run of ``cfg`` loads a network from the teacher store.
+
+    It does when its method distils from one, or when ``init.interp_lambda`` starts the student
+    from the teacher's weights.
+    """
+    return METHODS.get(cfg.method.name).needs_teacher or cfg.init.interp_lambda is not None
+
+
 def required_teachers(cfg: Config) -> list[Requirement]:
-    """Every store entry ``cfg`` needs, in training order (teacher, then TA for takd)."""
-    if not cfg.uses_teacher:
+    """Every store entry ``cfg`` needs, in training order (the method's ``teacher_stages``)."""
+    if not uses_teacher(cfg):
         return []
-    needed = [Requirement(teacher_spec(cfg), cfg.teacher.resolved_epoch, cfg.teacher.save_epochs)]
-    if cfg.method.name == "takd":
-        needed.append(Requirement(assistant_spec(cfg), cfg.teacher.epochs, None))
-    return needed
+    stages = METHODS.get(cfg.method.name).teacher_stages or ("teacher",)  # interp_lambda alone
+    return [_STAGES[stage](cfg) for stage in stages]
 
 
 def store_key(spec: Config) -> str:
@@ -106,7 +122,7 @@ def store_key(spec: Config) -> str:
     tree = spec.model_dump(mode="json")
     for section, key in _NOT_HASHED:
         tree[section].pop(key, None)
-    if spec.uses_teacher:
+    if uses_teacher(spec):
         tree["teacher"].pop("save_epochs")
         tree["teacher"]["epoch"] = spec.teacher.resolved_epoch
     else:

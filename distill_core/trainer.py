@@ -32,7 +32,7 @@ from distill_core.metrics import classification_metrics
 from distill_core.models import predict, speed_up
 from distill_core.rng import RunRNG
 from distill_core.schedules import build_optimizer, build_schedule
-from distill_core.teachers import TeacherStore
+from distill_core.teachers import TeacherStore, uses_teacher
 
 CHANCE_MARGIN = 0.02  # val accuracy within 2 points of chance counts as a crash
 CRASH_WARMUP = 0.1  # ... once the first 10% of epochs are done
@@ -115,7 +115,7 @@ def fit_epochs(
     generator = torch.Generator().manual_seed(cfg.run.seed)  # batch order and augmentation
     with rng.active():
         teacher = None
-        if cfg.uses_teacher:  # trains the teacher first if the store lacks it
+        if uses_teacher(cfg):  # trains the teacher first if the store lacks it
             teacher = TeacherStore(cfg.run.teacher_store).teacher_for(cfg, data, device, log=log)
             speed_up(teacher, channels_last=cfg.run.channels_last, compile=False)
         method: Method = METHODS.get(cfg.method.name)(cfg, data, device, teacher)

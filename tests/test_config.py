@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from distill_core import uses_teacher
 from distill_core.config import Config, ConfigError, load_config, make_config, parse_value
 
 
@@ -23,7 +24,7 @@ def test_defaults_follow_design() -> None:
     assert (cfg.data.name, cfg.data.val_fraction, cfg.method.name) == ("mnist5k", 0.1, "scratch")
     assert cfg.teacher.resolved_epoch == cfg.teacher.epochs
     assert cfg.teacher.saved_epochs() == list(range(1, cfg.teacher.epochs + 1))
-    assert not cfg.uses_teacher
+    assert not uses_teacher(cfg)
 
 
 def test_yaml_round_trip(tmp_path: Path) -> None:
@@ -200,6 +201,8 @@ def test_empty_file_is_the_default_config(tmp_path: Path) -> None:
     [
         ({"method": {"name": "scratch"}}, False),
         ({"method": {"name": "kd"}}, True),
+        ({"method": {"name": "takd", "ta_model": "mlp"}}, True),
+        ({"method": {"name": "dml"}}, False),
         (
             {"init": {"interp_lambda": 0.5}, "model": {"name": "mlp"}, "teacher": {"model": "mlp"}},
             True,
@@ -207,7 +210,7 @@ def test_empty_file_is_the_default_config(tmp_path: Path) -> None:
     ],
 )
 def test_uses_teacher(tree: dict, uses: bool) -> None:
-    assert make_config(tree).uses_teacher is uses
+    assert uses_teacher(make_config(tree)) is uses
 
 
 def test_docs_config_reference_is_current() -> None:

@@ -4,11 +4,15 @@ A method owns its trainable networks (``nets``, one optimizer each), does one tr
 (forward, loss, backward, optimizer step) and names the models to evaluate. The trainer does the rest.
 A step returns its loss as a detached tensor, not a float: reading the value would wait for the
 device on every batch, so the trainer reads the epoch's mean once.
+
+A method also declares what it needs (``needs_teacher``, ``has_peers``, ``teacher_stages``) and
+checks its own config keys (``check``); the config, the teacher store and the trainer ask the
+class, never compare method names.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
@@ -22,8 +26,26 @@ from distill_core.registry import Registry
 class Method:
     """A single student trained on cross-entropy alone (scratch; the base class of every method)."""
 
-    #: Whether ``teacher`` must be given (kd, eskd, takd).
-    needs_teacher = False
+    #: Whether the method distils from a stored network (``teacher`` is given to it).
+    needs_teacher: ClassVar[bool] = False
+    #: Whether it trains ``method.peers`` networks together (online distillation).
+    has_peers: ClassVar[bool] = False
+    #: The teacher-store entries it needs, in training order; the last is the one it distils from.
+    teacher_stages: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def check(cls, cfg: Config) -> None:
+        """Raise ``ValueError`` (what is wrong and the fix) when ``cfg`` lacks what the method needs.
+
+        Subclasses that read more keys extend it.
+        """
+        m = cfg.method
+        if cls.has_peers and m.peers < 2:
+            raise ValueError(f"method {m.name} needs at least 2 peers; set method.peers >= 2")
+        if m.peer_models is not None:
+            raise ValueError(
+                "method.peer_models is only used by dml; remove it or set method.name=dml"
+            )
 
     def __init__(
         self, cfg: Config, data: Splits, device: torch.device, teacher: nn.Module | None

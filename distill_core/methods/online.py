@@ -12,6 +12,8 @@ from distill_core.methods import Method
 class Peers(Method):
     """Base of the online methods: ``method.peers`` students trained together, no stored teacher."""
 
+    has_peers = True
+
     def architectures(self) -> list[str]:
         return self.cfg.method.peer_models or [self.cfg.model.name] * self.cfg.method.peers
 

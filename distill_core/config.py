@@ -24,12 +24,9 @@ class Section(BaseModel):
 
 
 class DataConfig(Section):
-    name: str = Field(
-        "mnist5k",
-        description="data set: mnist5k, digits, synthetic, fashion_mnist, cifar10, cifar100",
-    )
+    name: str = Field("mnist5k", description="data set (see Data sets below)")
     dir: str | None = Field(
-        None, description="folder holding a torchvision-layout data set (fashion_mnist, cifar*)"
+        None, description="folder holding a data set that is not embedded (torchvision layout)"
     )
     val_fraction: float = Field(
         0.1,
@@ -46,7 +43,8 @@ class DataConfig(Section):
         None, ge=10, description="use only this many training examples (smoke tests)"
     )
     augment: bool | None = Field(
-        None, description="random crop + flip on the device; default: on for cifar10/cifar100"
+        None,
+        description="random crop + flip on the device; default: the data set's own (see Data sets)",
     )
 
 
@@ -443,6 +441,9 @@ def _span(epochs: list[int]) -> str:
 
 def reference() -> list[tuple[str, str, str, str]]:
     """Every config key as ``(dotted key, default, allowed values, description)``, in order."""
+    from distill_core.data import DATASETS
+
+    names = {"data.name": DATASETS.names()}
     rows: list[tuple[str, str, str, str]] = []
 
     def walk(model: type[BaseModel], prefix: str) -> None:
@@ -460,7 +461,7 @@ def reference() -> list[tuple[str, str, str, str]]:
                 else ""
             )
             if not allowed:
-                allowed = _bounds(key.split("."))
+                allowed = " \\| ".join(names.get(key, [])) or _bounds(key.split("."))
             rows.append((key, json.dumps(default), allowed, field.description or ""))
 
     walk(Config, "")
@@ -469,6 +470,8 @@ def reference() -> list[tuple[str, str, str, str]]:
 
 def reference_markdown() -> str:
     """The config reference as a Markdown table (docs/config.md is generated from it)."""
+    from distill_core.data import DATASETS
+
     lines = [
         "# Config reference",
         "",
@@ -479,4 +482,18 @@ def reference_markdown() -> str:
         "|---|---|---|---|",
     ]
     lines += [f"| `{k}` | `{d}` | {a} | {m} |" for k, d, a, m in reference()]
+    lines += [
+        "",
+        "## Data sets",
+        "",
+        "Embedded sets need no files; the others read torchvision's on-disk layout from `data.dir`.",
+        "",
+        "| `data.name` | classes | shape (C, H, W) | embedded | augmented by default | what |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| `{d.name}` | {d.classes} | {d.shape} | {'yes' if d.embedded else 'no'} | "
+        f"{'yes' if d.augment else 'no'} | {d.description} |"
+        for d in map(DATASETS.get, DATASETS.names())
+    ]
     return "\n".join(lines) + "\n"

@@ -1,14 +1,15 @@
-"""The run config: nested pydantic models, YAML in and out, dotted overrides.
+"""The run config schema: nested pydantic models, YAML in and out, dotted overrides.
 
-Every key of DESIGN.md's **Names** lives here, with its range. ``Config`` is what
-``fit`` takes; ``load_config`` reads a YAML file and applies ``--set`` overrides.
+Every key of DESIGN.md's **Names** lives here, with its range and the checks that need no
+registry. This module imports no other part of distill_core but its errors: the registries
+(data sets, models, methods) import it. Names are checked against them by
+``distill_core.configure`` (``make_config``, ``load_config``), which is what users call.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 from typing import Any, Literal
 
 import yaml
@@ -92,7 +93,7 @@ class ModelConfig(Section):
 class TeacherConfig(Section):
     model: str = Field(
         "resnet20",
-        description="teacher architecture (used by kd, eskd, takd and init.interp_lambda)",
+        description="teacher architecture (for methods with a teacher, and init.interp_lambda)",
     )
     epochs: int = Field(5, ge=1, le=10_000, description="epochs the teacher is trained for")
     epoch: int | None = Field(
@@ -130,11 +131,20 @@ class TeacherConfig(Section):
                 f"teacher.epoch={self.epoch} is never saved (saved epochs: {_span(self.saved_epochs())}); "
                 f"set teacher.epoch to one of them or add it to teacher.save_epochs"
             )
+        late = [e for e in self.schedule.milestones if not 0 < e < self.epochs]
+        if late:
+            raise ValueError(
+                f"teacher.schedule.milestones {late} outside 1..teacher.epochs-1={self.epochs - 1}; drop them"
+            )
+        if 0 < self.epochs <= self.schedule.warmup_epochs:
+            raise ValueError(
+                f"teacher.schedule.warmup_epochs={self.schedule.warmup_epochs} must be below teacher.epochs={self.epochs}"
+            )
         return self
 
 
 class MethodConfig(Section):
-    name: str = Field("scratch", description="scratch, kd, eskd, takd, dml, pcl, dkel")
+    name: str = Field("scratch", description="training method (docs/methods.md)")
     alpha: float = Field(
         0.9, ge=0.0, le=1.0, description="weight of the distillation term; CE gets 1 - alpha"
     )
@@ -160,11 +170,8 @@ class MethodConfig(Section):
     ta_model: str | None = Field(None, description="takd: the teacher-assistant architecture")
 
     @model_validator(mode="after")
-    def _weights_known(self) -> MethodConfig:
+    def _weights_non_negative(self) -> MethodConfig:
         if self.weights is not None:
-            bad = sorted(set(self.weights) - {"ce", "kl", "mse"})
-            if bad:
-                raise ValueError(f"method.weights has unknown terms {bad}; use ce, kl, mse")
             if any(w < 0 for w in self.weights.values()):
                 raise ValueError("method.weights must be >= 0")
         return self
@@ -257,17 +264,6 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _combinations(self) -> Config:
-        from distill_core.data import DATASETS
-        from distill_core.methods import METHODS
-        from distill_core.models import MODELS
-        from distill_core.teachers import uses_teacher
-
-        DATASETS.get(self.data.name)
-        method = METHODS.get(self.method.name)
-        MODELS.get(self.model.name)
-        if uses_teacher(self):
-            MODELS.get(self.teacher.model, key="teacher.model")
-        method.check(self)
         m = self.method
         if m.kd_stop_epoch is not None and m.kd_stop_epoch > self.run.epochs:
             raise ValueError(
@@ -347,35 +343,15 @@ def apply_overrides(tree: dict[str, Any], overrides: dict[str, Any] | list[str])
     return tree
 
 
-def make_config(
-    tree: dict[str, Any] | None = None, overrides: dict[str, Any] | list[str] | None = None
-) -> Config:
-    """Validate a nested dict (plus dotted overrides) into a ``Config``; errors become one-line ``ConfigError``."""
-    tree = apply_overrides(tree or {}, overrides or {})
+def from_tree(tree: dict[str, Any]) -> Config:
+    """Validate a nested dict against the schema alone; errors become one-line ``ConfigError``.
+
+    Registered names are not checked here: ``distill_core.make_config`` does both.
+    """
     try:
         return Config.model_validate(tree)
     except ValidationError as exc:
         raise ConfigError(describe(exc)) from None
-
-
-def load_config(path: str | Path, overrides: dict[str, Any] | list[str] | None = None) -> Config:
-    """Read a YAML config file and apply dotted overrides."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(
-            f"config file {path} does not exist; pass an existing YAML file to --config"
-        )
-    try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(
-            f"{path} is not valid YAML ({str(exc).splitlines()[0]}); fix the file"
-        ) from None
-    if not isinstance(tree, dict):
-        raise ConfigError(
-            f"{path} must hold a mapping of sections (data, model, method, ...), got {type(tree).__name__}"
-        )
-    return make_config(tree, overrides)
 
 
 def describe(exc: ValidationError) -> str:
@@ -394,14 +370,14 @@ def describe(exc: ValidationError) -> str:
     value = err.get("input")
     shown = "" if isinstance(value, dict) else f"={value!r}"
     fix = f"set {key} to a valid value"
-    bounds = _bounds(loc)
+    bounds = field_range(loc)
     if bounds:
         fix = f"set {key} to a value {bounds}"
     return f"{key}{shown} is invalid: {msg[0].lower() + msg[1:]}; {fix}"
 
 
-def _bounds(loc: list[str]) -> str:
-    """The allowed range of a numeric field, e.g. ``in [0, 1]`` or ``> 0``."""
+def field_range(loc: list[str]) -> str:
+    """The allowed range of the numeric field at dotted path ``loc``, e.g. ``in [0, 1]`` or ``> 0``."""
     section = _section_at(loc[:-1])
     field = section.model_fields.get(loc[-1]) if section else None
     if field is None:
@@ -437,63 +413,3 @@ def _span(epochs: list[int]) -> str:
     if len(epochs) > 6 and epochs == list(range(epochs[0], epochs[-1] + 1)):
         return f"{epochs[0]}..{epochs[-1]}"
     return ", ".join(map(str, epochs))
-
-
-def reference() -> list[tuple[str, str, str, str]]:
-    """Every config key as ``(dotted key, default, allowed values, description)``, in order."""
-    from distill_core.data import DATASETS
-
-    names = {"data.name": DATASETS.names()}
-    rows: list[tuple[str, str, str, str]] = []
-
-    def walk(model: type[BaseModel], prefix: str) -> None:
-        for name, field in model.model_fields.items():
-            key = f"{prefix}{name}"
-            annotation = field.annotation
-            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-                walk(annotation, key + ".")
-                continue
-            default = field.get_default(call_default_factory=True)
-            args = getattr(annotation, "__args__", ())
-            allowed = (
-                " \\| ".join(map(str, args))
-                if getattr(annotation, "__origin__", None) is Literal
-                else ""
-            )
-            if not allowed:
-                allowed = " \\| ".join(names.get(key, [])) or _bounds(key.split("."))
-            rows.append((key, json.dumps(default), allowed, field.description or ""))
-
-    walk(Config, "")
-    return rows
-
-
-def reference_markdown() -> str:
-    """The config reference as a Markdown table (docs/config.md is generated from it)."""
-    from distill_core.data import DATASETS
-
-    lines = [
-        "# Config reference",
-        "",
-        "Generated by `distill-study config --markdown`; every key can be set in YAML or with",
-        "`--set key=value`. Unknown keys and out-of-range values are rejected with the fix.",
-        "",
-        "| key | default | allowed | meaning |",
-        "|---|---|---|---|",
-    ]
-    lines += [f"| `{k}` | `{d}` | {a} | {m} |" for k, d, a, m in reference()]
-    lines += [
-        "",
-        "## Data sets",
-        "",
-        "Embedded sets need no files; the others read torchvision's on-disk layout from `data.dir`.",
-        "",
-        "| `data.name` | classes | shape (C, H, W) | embedded | augmented by default | what |",
-        "|---|---|---|---|---|---|",
-    ]
-    lines += [
-        f"| `{d.name}` | {d.classes} | {d.shape} | {'yes' if d.embedded else 'no'} | "
-        f"{'yes' if d.augment else 'no'} | {d.description} |"
-        for d in map(DATASETS.get, DATASETS.names())
-    ]
-    return "\n".join(lines) + "\n"

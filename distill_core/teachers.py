@@ -3,6 +3,9 @@
 A teacher is identified by a content hash of the config that trains it (data, model, optimizer,
 schedule, epochs, seed; for a TA also its own teacher). Checkpoints are written atomically with a
 SHA-256 checksum; a file lock makes concurrent requests train it once.
+
+The store trains an entry with the trainer it is handed (``train=distill_core.fit_epochs``), so
+that the trainer, which asks the store for its teacher, and the store do not import each other.
 """
 
 from __future__ import annotations
@@ -17,17 +20,23 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 import torch.nn as nn
 from filelock import FileLock
 
-from distill_core.config import Config, make_config
+from distill_core.config import Config, from_tree
 from distill_core.data import Splits
 from distill_core.errors import TeacherError, require_writable
 from distill_core.methods import METHODS
 from distill_core.models import build_model
+
+if TYPE_CHECKING:
+    from distill_core.trainer import EpochReport
+
+#: How the store trains an entry: ``distill_core.fit_epochs`` (called as ``train(spec, data=, log=)``).
+Train = Callable[..., Iterator["EpochReport"]]
 
 # Keys that do not change what a teacher learns, so they do not enter its hash.
 _NOT_HASHED = {
@@ -62,7 +71,7 @@ def _stage_spec(cfg: Config, model: str, method: dict[str, Any], teacher: bool) 
     }
     if teacher:
         tree["teacher"] = t.model_dump()
-    return make_config(tree)
+    return from_tree(tree)
 
 
 def teacher_spec(cfg: Config) -> Config:
@@ -170,12 +179,15 @@ class TeacherStore:
         self,
         spec: Config,
         *,
+        train: Train,
         save_epochs: list[int] | None = None,
         epoch: int | None = None,
         data: Splits | None = None,
         log: Callable[[str], None] | None = None,
     ) -> dict[str, Any]:
-        """Train ``spec`` unless stored (one process trains, others wait on the lock); return its meta.
+        """Train ``spec`` with ``train`` unless stored (one process trains, others wait on the lock).
+
+        Returns the entry's meta.
 
         With ``epoch``, that checkpoint must be stored: a corrupted one is reported and the entry
         retrained; one never saved raises ``TeacherError``.
@@ -187,7 +199,7 @@ class TeacherStore:
             with self._locked(folder):
                 meta = self._intact(folder, epoch, warn=say)  # another process may have trained it
                 if meta is None:
-                    meta = self._train(spec, folder, save_epochs, data, log, say)
+                    meta = self._train(spec, folder, train, save_epochs, data, log, say)
         if epoch is not None:
             _entry(meta, folder, epoch)
         return meta
@@ -230,6 +242,7 @@ class TeacherStore:
         self,
         spec: Config,
         folder: Path,
+        train: Train,
         save_epochs: list[int] | None,
         data: Splits | None,
         log: Callable[[str], None] | None,
@@ -244,7 +257,11 @@ class TeacherStore:
             f"training {spec.model.name} teacher {folder.name} for {spec.run.epochs} epochs (stored for reuse)"
         )
 
-        def save(report: Any) -> None:
+        result = None
+        for report in train(spec, data=data, log=log):
+            result = report.result
+            if result is not None and result.status == "diverged":
+                break
             say(
                 f"  teacher epoch {report.epoch}: val_acc {report.metrics.get('val_acc', float('nan')):.4f}"
             )
@@ -253,16 +270,13 @@ class TeacherStore:
                 buffer = io.BytesIO()
                 torch.save(report.state()["method"]["nets"][0], buffer)
                 blob = buffer.getvalue()
-                atomic_write(ckpt, lambda tmp: tmp.write_bytes(blob))
+                atomic_write(ckpt, lambda tmp, blob=blob: tmp.write_bytes(blob))
                 saved[str(report.epoch)] = {
                     "file": ckpt.name,
                     "sha256": _sha256(blob),
                     **report.metrics,
                 }
-
-        from distill_core.trainer import fit
-
-        result = fit(spec, on_epoch=save, data=data, log=log)
+        assert result is not None, "the trainer ended without a result"
         meta = {
             "key": folder.name,
             "model": spec.model.name,
@@ -326,12 +340,14 @@ class TeacherStore:
         cfg: Config,
         data: Splits,
         device: torch.device,
+        *,
+        train: Train,
         log: Callable[[str], None] | None = None,
     ) -> nn.Module:
         """The network ``cfg`` distils from (the TA for takd), training the chain once if needed."""
         needed = required_teachers(cfg)
         for spec, epoch, save_epochs in needed:
-            self.ensure(spec, save_epochs=save_epochs, epoch=epoch, data=data, log=log)
+            self.ensure(spec, train=train, save_epochs=save_epochs, epoch=epoch, data=data, log=log)
         spec, epoch, _ = needed[-1]
         return self.load(spec, epoch, data, device)
 

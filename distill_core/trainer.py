@@ -116,7 +116,8 @@ def fit_epochs(
     with rng.active():
         teacher = None
         if uses_teacher(cfg):  # trains the teacher first if the store lacks it
-            teacher = TeacherStore(cfg.run.teacher_store).teacher_for(cfg, data, device, log=log)
+            store = TeacherStore(cfg.run.teacher_store)
+            teacher = store.teacher_for(cfg, data, device, train=fit_epochs, log=log)
             speed_up(teacher, channels_last=cfg.run.channels_last, compile=False)
         method: Method = METHODS.get(cfg.method.name)(cfg, data, device, teacher)
         if cfg.init.interp_lambda is not None:

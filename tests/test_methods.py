@@ -12,7 +12,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from distill_core.config import Config, load_config, make_config
+from distill_core import load_config, make_config
+from distill_core.config import Config
 from distill_core.data import Batch, Splits, batches, load_data
 from distill_core.errors import ConfigError
 from distill_core.methods import METHODS, Method

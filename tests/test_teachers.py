@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import torch
 
-from distill_core import TeacherError, UserError, fit, load_data, make_config
+from distill_core import TeacherError, UserError, fit, fit_epochs, load_data, make_config
 from distill_core.config import Config, ConfigError
 from distill_core.teachers import TeacherStore, store_key, teacher_spec
 
@@ -72,7 +72,7 @@ def snapshot(folder: Path) -> dict[str, tuple[int, str]]:
 def trained_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A store holding the default 2-epoch teacher, trained once for this module."""
     root = tmp_path_factory.mktemp("store")
-    TeacherStore(root).ensure(teacher_spec(config(root)))
+    TeacherStore(root).ensure(teacher_spec(config(root)), train=fit_epochs)
     return root
 
 
@@ -315,7 +315,7 @@ def test_three_processes_train_the_teacher_once(tmp_path: Path) -> None:
 KILLED = """
 import json, sys, time
 from pathlib import Path
-from distill_core import make_config
+from distill_core import fit_epochs, make_config
 from distill_core.teachers import TeacherStore, teacher_spec
 
 cfg = make_config(json.loads(sys.argv[1]))
@@ -325,7 +325,7 @@ def log(line):
     if line.startswith("  teacher epoch 2:"):  # epoch 1 is saved, epoch 2 is about to be
         time.sleep(600)
 
-TeacherStore(cfg.run.teacher_store).ensure(teacher_spec(cfg), log=log)
+TeacherStore(cfg.run.teacher_store).ensure(teacher_spec(cfg), train=fit_epochs, log=log)
 """
 
 

@@ -99,6 +99,3 @@ def step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
 
 METHODS: Registry[type[Method]] = Registry("method", "method.name")
 METHODS.register("scratch")(Method)
-
-# Importing the modules registers their methods.
-from distill_core.methods import dkel, dml, kd, pcl  # noqa: E402, F401

@@ -28,19 +28,16 @@ from distill_core.config import Config
 from distill_core.data import Splits, batches, load_data
 from distill_core.init import interpolate_, reestimate_bn
 from distill_core.methods import METHODS, Method
-from distill_core.metrics import classification_metrics
+from distill_core.metrics import CRASH_WARMUP, classification_metrics, crash_flags
 from distill_core.models import predict, speed_up
 from distill_core.rng import RunRNG
 from distill_core.schedules import build_optimizer, build_schedule
 from distill_core.teachers import TeacherStore, uses_teacher
 
-CHANCE_MARGIN = 0.02  # val accuracy within 2 points of chance counts as a crash
-CRASH_WARMUP = 0.1  # ... once the first 10% of epochs are done
-
 
 @dataclass
 class FitResult:
-    status: str  # completed | crashed (at chance at the end) | diverged (non-finite loss)
+    status: str  # completed | crashed (collapsed in the last epoch: see crash_flags) | diverged
     history: list[dict[str, float]] = field(default_factory=list)
     final: dict[str, float] = field(default_factory=dict)  # last epoch's val metrics plus test_*
 
@@ -128,6 +125,7 @@ def fit_epochs(
                 method.nets[0], [b.x for b in itertools.islice(shuffled, cfg.init.bn_batches)]
             )
 
+    warmup = max(1, round(CRASH_WARMUP * cfg.run.epochs))  # epochs in which no crash is flagged
     steps_per_epoch = math.ceil(len(data.train_y) / cfg.run.batch_size)
     optimizers = [build_optimizer(net.parameters(), cfg.optim) for net in method.nets]
     schedules = [
@@ -228,11 +226,10 @@ def fit_epochs(
         )
         if teacher is not None and "val_acc" in metrics:
             metrics["diff_t_s"] = metrics["teacher_val_acc"] - metrics["val_acc"]
-        flags = (
-            crash_flags(metrics, data.num_classes)
-            if epoch + 1 > CRASH_WARMUP * cfg.run.epochs
-            else {}
-        )
+        last = epoch + 1 == cfg.run.epochs
+        flags = crash_flags(metrics, data.num_classes, history, final=last)
+        if epoch + 1 <= warmup and not last:
+            flags = dict.fromkeys(flags, False)  # a young network near chance is not a crash
         crashed = any(flags.values())
         crashed_epochs += crashed
         metrics.update({f"{name}crashed": float(flag) for name, flag in flags.items() if name})
@@ -242,7 +239,6 @@ def fit_epochs(
             epoch_time=time.perf_counter() - t0,
         )
         history.append({"epoch": epoch + 1, **metrics})
-        last = epoch + 1 == cfg.run.epochs
         yield EpochReport(
             epoch + 1, metrics, lambda e=epoch + 1: state(e), finish() if last else None
         )
@@ -288,12 +284,3 @@ def evaluate(
         best = max(per_model, key=lambda n: pick.get(f"{n}_val_acc", 0.0))
     out.update(per_model[best])
     return out
-
-
-def crash_flags(metrics: dict[str, float], num_classes: int) -> dict[str, bool]:
-    """Per evaluated model (``""`` or ``"peerN_"``): is its val accuracy within CHANCE_MARGIN of chance?"""
-    return {
-        key.removesuffix("val_acc"): abs(value - 1.0 / num_classes) <= CHANCE_MARGIN
-        for key, value in metrics.items()
-        if key == "val_acc" or (key.startswith("peer") and key.endswith("_val_acc"))
-    }

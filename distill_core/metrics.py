@@ -59,11 +59,16 @@ def predictive_kl(student: torch.Tensor, teacher: torch.Tensor) -> float:
     return F.kl_div(log_s, log_t, reduction="batchmean", log_target=True).item()
 
 
+def logit_diff(student: torch.Tensor, teacher: torch.Tensor) -> float:
+    """Mean absolute difference between student and teacher logits (seed 001's ``diff_t_s``)."""
+    return (student.float() - teacher.float()).abs().mean().item()
+
+
 def classification_metrics(
     logits: torch.Tensor, y: torch.Tensor, teacher: torch.Tensor | None = None, prefix: str = "val_"
 ) -> dict[str, float]:
     """``{prefix}acc/nll/ece``, the collapse diagnostics ``top_class_share`` and ``logit_std``,
-    plus ``agreement`` and ``kl`` when teacher logits are given."""
+    plus ``agreement``, ``kl`` and ``logit_diff`` when teacher logits are given."""
     out = {
         f"{prefix}acc": accuracy(logits, y),
         f"{prefix}nll": nll(logits, y),
@@ -74,6 +79,7 @@ def classification_metrics(
     if teacher is not None:
         out[f"{prefix}agreement"] = agreement(logits, teacher)
         out[f"{prefix}kl"] = predictive_kl(logits, teacher)
+        out[f"{prefix}logit_diff"] = logit_diff(logits, teacher)
     return out
 
 

@@ -28,11 +28,19 @@ from distill_core.config import Config
 from distill_core.data import Splits, batches, load_data
 from distill_core.init import interpolate_, reestimate_bn
 from distill_core.methods import METHODS, Method
-from distill_core.metrics import CRASH_WARMUP, classification_metrics, crash_flags
+from distill_core.metrics import (
+    CRASH_WARMUP,
+    agreement,
+    classification_metrics,
+    crash_flags,
+    predictive_kl,
+)
 from distill_core.models import predict, speed_up
 from distill_core.rng import RunRNG
 from distill_core.schedules import build_optimizer, build_schedule
 from distill_core.teachers import TeacherStore, uses_teacher
+
+FIDELITY_ROWS = 1024  # training images on which fidelity to the teacher is measured
 
 
 @dataclass
@@ -134,11 +142,14 @@ def fit_epochs(
     ]
     per_step = schedules[0][1]
 
+    # Fidelity on the distillation data is measured on the training split's first rows (a
+    # permutation fixed by data.split_seed); the teacher's logits on them and on val/test once.
+    fidelity_x = data.train_x[:FIDELITY_ROWS]
     teacher_logits = {}
     if teacher is not None:
         teacher_logits = {
-            split: predict(teacher, getattr(data, f"{split}_x"), cfg.run.eval_batch_size)
-            for split in ("val", "test")
+            split: predict(teacher, x, cfg.run.eval_batch_size)
+            for split, x in (("train", fidelity_x), ("val", data.val_x), ("test", data.test_x))
         }
 
     history: list[dict[str, float]] = []
@@ -224,8 +235,10 @@ def fit_epochs(
         metrics.update(
             evaluate(method, data, "val", teacher_logits.get("val"), cfg.run.eval_batch_size)
         )
-        if teacher is not None and "val_acc" in metrics:
-            metrics["diff_t_s"] = metrics["teacher_val_acc"] - metrics["val_acc"]
+        if teacher is not None:
+            metrics.update(
+                train_fidelity(method, fidelity_x, teacher_logits["train"], cfg.run.eval_batch_size)
+            )
         last = epoch + 1 == cfg.run.epochs
         flags = crash_flags(metrics, data.num_classes, history, final=last)
         if epoch + 1 <= warmup and not last:
@@ -256,12 +269,14 @@ def evaluate(
 
     With several models (peers), ``{peer}_{split}_acc`` etc. are reported for each, plus the
     mean and std of accuracy, and ``{split}_*`` are those of the peer with the best *validation*
-    accuracy (``pick`` carries the validation metrics when ``split`` is test).
+    accuracy (``pick`` carries the validation metrics when ``split`` is test). With a teacher,
+    also its accuracy and the gap ``{split}_acc_gap = teacher_{split}_acc - {split}_acc``.
+    ``{split}_n`` is the number of examples (for binomial standard errors).
     """
     x, y = getattr(data, f"{split}_x"), getattr(data, f"{split}_y")
     if len(y) == 0:
         return {}
-    out: dict[str, float] = {}
+    out: dict[str, float] = {f"{split}_n": float(len(y))}
     if teacher_logits is not None:
         out[f"teacher_{split}_acc"] = (teacher_logits.argmax(1) == y).float().mean().item()
     models = method.eval_models()
@@ -272,15 +287,35 @@ def evaluate(
         for name, model in models.items()
     }
     if list(per_model) == [""]:
-        return out | per_model[""]
-    for name, metrics in per_model.items():
-        out.update({f"{name}_{k}": v for k, v in metrics.items()})
-    accs = torch.tensor([m[f"{split}_acc"] for m in per_model.values()])
-    out[f"{split}_acc_mean"] = accs.mean().item()
-    out[f"{split}_acc_std"] = accs.std().item() if len(accs) > 1 else 0.0
-    if pick is None:
-        best = max(per_model, key=lambda n: per_model[n][f"{split}_acc"])
+        out.update(per_model[""])
     else:
-        best = max(per_model, key=lambda n: pick.get(f"{n}_val_acc", 0.0))
-    out.update(per_model[best])
+        for name, metrics in per_model.items():
+            out.update({f"{name}_{k}": v for k, v in metrics.items()})
+        accs = torch.tensor([m[f"{split}_acc"] for m in per_model.values()])
+        out[f"{split}_acc_mean"] = accs.mean().item()
+        out[f"{split}_acc_std"] = accs.std().item() if len(accs) > 1 else 0.0
+        if pick is None:
+            best = max(per_model, key=lambda n: per_model[n][f"{split}_acc"])
+        else:
+            best = max(per_model, key=lambda n: pick.get(f"{n}_val_acc", 0.0))
+        out.update(per_model[best])
+    if teacher_logits is not None:
+        out[f"{split}_acc_gap"] = out[f"teacher_{split}_acc"] - out[f"{split}_acc"]
+    return out
+
+
+def train_fidelity(
+    method: Method, x: torch.Tensor, teacher_logits: torch.Tensor, batch_size: int
+) -> dict[str, float]:
+    """Fidelity to the teacher on training images ``x`` (seed 004: on the distillation data).
+
+    ``train_agreement`` (top-1) and ``train_pred_kl`` (KL(p_t || p_s) at tau 1) of every
+    evaluated model, prefixed per peer as in ``evaluate``.
+    """
+    out = {}
+    for name, model in method.eval_models().items():
+        logits = predict(model, x, batch_size)
+        prefix = f"{name}_" if name else ""
+        out[f"{prefix}train_agreement"] = agreement(logits, teacher_logits)
+        out[f"{prefix}train_pred_kl"] = predictive_kl(logits, teacher_logits)
     return out

@@ -316,7 +316,15 @@ def test_example_configs_load(name: str) -> None:
 # --- every registered method end to end -----------------------------------------------------
 
 COMMON = ["train_loss", "lr", "epoch_time", "crashed", "val_acc", "val_nll", "val_ece"]
-WITH_TEACHER = ["val_agreement", "val_kl", "teacher_val_acc", "diff_t_s"]
+WITH_TEACHER = [
+    "val_agreement",
+    "val_kl",
+    "teacher_val_acc",
+    "val_acc_gap",
+    "val_logit_diff",
+    "train_agreement",
+    "train_pred_kl",
+]
 WITH_PEERS = ["peer0_val_acc", "peer1_val_acc", "val_acc_mean", "val_acc_std", "peer1_crashed"]
 
 

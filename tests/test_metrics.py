@@ -114,7 +114,8 @@ def test_classification_metrics_keys_and_values(prefix: str) -> None:
         (math.log(9) + math.log(4) + math.log(1.5)) / 2 / 3  # |z1 - z0| / 2 per row
     )
     full = classification_metrics(logits, y, teacher, prefix=prefix)
-    assert set(full) == set(plain) | {f"{prefix}agreement", f"{prefix}kl"}
+    assert set(full) == set(plain) | {f"{prefix}agreement", f"{prefix}kl", f"{prefix}logit_diff"}
+    assert full[f"{prefix}logit_diff"] == pytest.approx((logits - teacher).abs().mean().item())
     assert full[f"{prefix}acc"] == pytest.approx(2 / 3)
     assert full[f"{prefix}agreement"] == pytest.approx(2 / 3)
     assert full[f"{prefix}nll"] == pytest.approx(

@@ -195,8 +195,8 @@ def test_augmented_data_runs_the_teacher_on_every_batch(
     assert result.status == "completed" and predictions == []
     data = load_data(cfg.data)
     n = len(data.train_y)
-    # val and test once, before training; then every training batch
-    sizes = [len(data.val_y), len(data.test_y), *[50] * (n // 50), n % 50]
+    # the fidelity rows (train[:1024]), val and test once, before training; then every batch
+    sizes = [min(1024, n), len(data.val_y), len(data.test_y), *[50] * (n // 50), n % 50]
     assert [size for size, _ in seen] == sizes
     assert not any(training for _, training in seen)
     assert not logit_files(tmp_path, cfg)

@@ -145,12 +145,28 @@ METRICS = {
     "val_ece",
     "val_top_class_share",
     "val_logit_std",
+    "val_n",
     "crashed",
     "crashed_epochs",
     "epoch_time",
 }
-TEACHER_METRICS = {"teacher_val_acc", "val_agreement", "val_kl", "diff_t_s"}
-TEST_METRICS = {"test_acc", "test_nll", "test_ece", "test_top_class_share", "test_logit_std"}
+TEACHER_METRICS = {
+    "teacher_val_acc",
+    "val_agreement",
+    "val_kl",
+    "val_logit_diff",
+    "val_acc_gap",
+    "train_agreement",
+    "train_pred_kl",
+}
+TEST_METRICS = {
+    "test_acc",
+    "test_nll",
+    "test_ece",
+    "test_top_class_share",
+    "test_logit_std",
+    "test_n",
+}
 
 
 def test_kd_on_digits_beats_chance_by_far(tmp_path: Path) -> None:
@@ -161,7 +177,9 @@ def test_kd_on_digits_beats_chance_by_far(tmp_path: Path) -> None:
     final = result.final
     assert final["val_acc"] > 0.7 and final["test_acc"] > 0.7  # chance is 0.1
     assert final["teacher_val_acc"] > 0.7 and final["val_agreement"] > 0.7
-    assert final["diff_t_s"] == pytest.approx(final["teacher_val_acc"] - final["val_acc"])
+    assert final["val_acc_gap"] == pytest.approx(final["teacher_val_acc"] - final["val_acc"])
+    assert final["test_acc_gap"] == pytest.approx(final["teacher_test_acc"] - final["test_acc"])
+    assert final["train_agreement"] > 0.7
     assert final["crashed"] == 0.0 and final["crashed_epochs"] == 0.0
     for row in result.history:
         assert set(row) == {"epoch"} | METRICS | TEACHER_METRICS
@@ -169,9 +187,39 @@ def test_kd_on_digits_beats_chance_by_far(tmp_path: Path) -> None:
         "teacher_test_acc",
         "test_agreement",
         "test_kl",
+        "test_logit_diff",
+        "test_acc_gap",
     }
     assert reports[-1].metrics == {k: v for k, v in result.history[-1].items() if k != "epoch"}
     assert result.to_dict() == {"status": "completed", "final": final, "epochs": 2}
+
+
+def test_fidelity_metrics_equal_a_hand_computation(tmp_path: Path) -> None:
+    """Agreement and KL on the first 1024 training rows, logit difference and sizes on val/test."""
+    from distill_core import TeacherStore
+    from distill_core.metrics import agreement, predictive_kl
+    from distill_core.models import build_model, predict
+    from distill_core.teachers import teacher_spec
+
+    cfg = config(tmp_path, run={"epochs": 1})
+    states: list[dict[str, Any]] = []
+    final = fit(cfg, on_epoch=lambda r: states.append(r.state())).final
+    data = load_data(cfg.data)
+    assert len(data.train_y) > 1024  # the subset is a strict prefix here
+    cpu = torch.device("cpu")
+    teacher = TeacherStore(tmp_path).load(teacher_spec(cfg), 2, data, cpu)
+    student = build_model("mlp", 1, 10, 8)
+    student.load_state_dict(states[-1]["method"]["nets"][0])
+    rows = data.train_x[:1024]
+    s_train, t_train = predict(student, rows, 1024), predict(teacher, rows, 1024)
+    assert final["train_agreement"] == pytest.approx(agreement(s_train, t_train))
+    assert final["train_pred_kl"] == pytest.approx(predictive_kl(s_train, t_train), rel=1e-5)
+    for split in ("val", "test"):
+        x = getattr(data, f"{split}_x")
+        diff = (predict(student, x, 1024) - predict(teacher, x, 1024)).abs().mean().item()
+        assert final[f"{split}_logit_diff"] == pytest.approx(diff, rel=1e-5)
+        assert final[f"{split}_n"] == len(x)
+    assert "diff_t_s" not in final
 
 
 def test_fit_epochs_yields_every_epoch_and_the_result_last(tmp_path: Path) -> None:

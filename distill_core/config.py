@@ -88,12 +88,27 @@ class ScheduleConfig(Section):
 
 class ModelConfig(Section):
     name: str = Field("cnn_small", description="the student architecture")
+    pretrained: str | None = Field(
+        None,
+        description="initial weights of the student: a state-dict file (torch.save of a state_dict), or torchvision: its ImageNet weights (resnet18, resnet50) from the torch hub cache, never downloaded; tensors of another shape are skipped",
+    )
+    freeze: bool = Field(
+        False,
+        description="train only the classifier head; the frozen batch-norm layers keep their running statistics",
+    )
 
 
 class TeacherConfig(Section):
     model: str = Field(
         "resnet20",
         description="teacher architecture (for methods with a teacher, and init.interp_lambda)",
+    )
+    pretrained: str | None = Field(
+        None, description="initial weights of the teacher, as model.pretrained"
+    )
+    freeze: bool = Field(
+        False,
+        description="teacher: train only the classifier head; the frozen batch-norm layers keep their running statistics",
     )
     epochs: int = Field(5, ge=1, le=10_000, description="epochs the teacher is trained for")
     epoch: int | None = Field(

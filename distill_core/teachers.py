@@ -30,7 +30,7 @@ from distill_core.config import Config, from_tree
 from distill_core.data import Splits
 from distill_core.errors import TeacherError, require_writable
 from distill_core.methods import METHODS
-from distill_core.models import build_model
+from distill_core.models import build_model, pretrained_file
 
 if TYPE_CHECKING:
     from distill_core.trainer import EpochReport
@@ -51,12 +51,19 @@ _NOT_HASHED = {
 }
 
 
-def _stage_spec(cfg: Config, model: str, method: dict[str, Any], teacher: bool) -> Config:
+def _stage_spec(
+    cfg: Config,
+    model: str,
+    method: dict[str, Any],
+    teacher: bool,
+    model_keys: dict[str, Any] | None = None,
+) -> Config:
     """A store entry's training config: ``cfg``'s data, the teacher's optimizer, schedule and length."""
+    model_keys = model_keys or {}
     t = cfg.teacher
     tree = {
         "data": cfg.data.model_dump(),
-        "model": {"name": model},
+        "model": {"name": model, **model_keys},
         "method": method,
         "optim": t.optim.model_dump(),
         "schedule": t.schedule.model_dump(),
@@ -76,7 +83,9 @@ def _stage_spec(cfg: Config, model: str, method: dict[str, Any], teacher: bool) 
 
 def teacher_spec(cfg: Config) -> Config:
     """The scratch-training config of ``cfg``'s teacher."""
-    return _stage_spec(cfg, cfg.teacher.model, {"name": "scratch"}, teacher=False)
+    t = cfg.teacher
+    weights = {"pretrained": t.pretrained, "freeze": t.freeze}
+    return _stage_spec(cfg, t.model, {"name": "scratch"}, teacher=False, model_keys=weights)
 
 
 def assistant_spec(cfg: Config) -> Config:
@@ -137,8 +146,25 @@ def store_key(spec: Config) -> str:
     else:
         del tree["teacher"]
     del tree["dkel"], tree["init"]
+    for section in ("model", "teacher"):
+        if section in tree:
+            _hash_weights(tree[section], "model" if section == "teacher" else "name")
     blob = json.dumps(tree, sort_keys=True).encode()
     return f"{spec.model.name}-{hashlib.sha256(blob).hexdigest()[:12]}"
+
+
+# Keys added after the first stored teachers: hashed only when set, so those keep their keys.
+_LATER_KEYS = {"pretrained": None, "freeze": False}
+
+
+def _hash_weights(section: dict[str, Any], arch_key: str) -> None:
+    """In a dumped model/teacher section: drop unset later keys; name pretrained weights by content."""
+    for key, default in _LATER_KEYS.items():
+        if section.get(key, default) == default:
+            section.pop(key, None)
+    if "pretrained" in section:
+        path = pretrained_file(section[arch_key], section["pretrained"], "teacher.pretrained")
+        section["pretrained"] = _sha256(path.read_bytes())
 
 
 def _sha256(blob: bytes) -> str:

@@ -112,6 +112,7 @@ def fit_epochs(
         data: pre-loaded splits (shared by trials); loaded from ``cfg.data`` when absent.
         log: where teacher training and other notes are printed (default: nowhere).
     """
+    say = log or (lambda _: None)
     device = resolve_device(cfg.run.device)
     if cfg.run.threads is not None:
         torch.set_num_threads(cfg.run.threads)
@@ -125,6 +126,8 @@ def fit_epochs(
             teacher = store.teacher_for(cfg, data, device, train=fit_epochs, log=log)
             speed_up(teacher, channels_last=cfg.run.channels_last, compile=False)
         method: Method = METHODS.get(cfg.method.name)(cfg, data, device, teacher)
+        for note in dict.fromkeys(method.notes):  # once, not once per peer
+            say(note)
         if cfg.init.interp_lambda is not None:
             assert teacher is not None
             interpolate_(method.nets[0], teacher, cfg.init.interp_lambda)
@@ -135,7 +138,10 @@ def fit_epochs(
 
     warmup = max(1, round(CRASH_WARMUP * cfg.run.epochs))  # epochs in which no crash is flagged
     steps_per_epoch = math.ceil(len(data.train_y) / cfg.run.batch_size)
-    optimizers = [build_optimizer(net.parameters(), cfg.optim) for net in method.nets]
+    optimizers = [  # frozen parameters (model.freeze) are left out
+        build_optimizer([p for p in net.parameters() if p.requires_grad], cfg.optim)
+        for net in method.nets
+    ]
     schedules = [
         build_schedule(o, cfg.schedule, epochs=cfg.run.epochs, steps_per_epoch=steps_per_epoch)
         for o in optimizers

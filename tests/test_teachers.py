@@ -384,3 +384,44 @@ def test_a_diverged_teacher_is_reported_as_such(tmp_path: Path) -> None:
     with pytest.raises(TeacherError, match="diverged"):
         fit(cfg, log=notes.append)
     assert trained(notes) == 0  # stored as diverged: not retrained on every request
+
+
+def test_teacher_pretrained_and_freeze_train_the_teacher_and_key_it_by_content(
+    tmp_path: Path,
+) -> None:
+    from distill_core.models import build_model
+
+    torch.manual_seed(0)
+    weights = build_model("mlp", 1, 10, 8).state_dict()
+    torch.save(weights, tmp_path / "a.pt")
+    shutil.copy(tmp_path / "a.pt", tmp_path / "b.pt")
+    store = tmp_path / "store"
+    cfg = config(store, pretrained=str(tmp_path / "a.pt"), freeze=True)
+    spec = teacher_spec(cfg)
+    assert (spec.model.pretrained, spec.model.freeze) == (str(tmp_path / "a.pt"), True)
+    same_file = store_key(
+        teacher_spec(config(store, pretrained=str(tmp_path / "b.pt"), freeze=True))
+    )
+    assert store_key(spec) == same_file  # weights are named by content, not by path
+    assert store_key(spec) != store_key(
+        teacher_spec(config(store, pretrained=str(tmp_path / "a.pt")))
+    )
+    assert store_key(spec) != key(store, [])
+    torch.save({k: v + 1 for k, v in weights.items()}, tmp_path / "b.pt")
+    other = store_key(teacher_spec(config(store, pretrained=str(tmp_path / "b.pt"), freeze=True)))
+    assert other != same_file
+
+    _, lines = run(cfg)
+    assert trained(lines) == 1
+    folder = TeacherStore(store).path(spec)
+    stored = torch.load(folder / "epoch_0002.pt", weights_only=True)
+    assert all(torch.equal(stored[k], weights[k]) for k in ("1.weight", "3.bias"))  # frozen
+    assert not torch.equal(stored["5.weight"], weights["5.weight"])  # the head learned
+
+
+def test_a_missing_teacher_weights_file_names_teacher_pretrained(tmp_path: Path) -> None:
+    cfg = config(tmp_path, pretrained=str(tmp_path / "none.pt"))
+    with pytest.raises(
+        ConfigError, match="teacher.pretrained: weights file .*none.pt does not exist"
+    ):
+        run(cfg)

@@ -19,7 +19,15 @@ import torch.nn as nn
 
 from distill_core.config import Config
 from distill_core.data import Batch, Splits
-from distill_core.models import build_model, speed_up
+from distill_core.models import (
+    MODELS,
+    build_model,
+    freeze_all_but_head,
+    load_pretrained,
+    pretrained_file,
+    speed_up,
+    train_mode,
+)
 from distill_core.registry import Registry
 
 
@@ -54,6 +62,7 @@ class Method:
         self.data = data
         self.device = device
         self.teacher = teacher
+        self.notes: list[str] = []  # what building the networks has to say (the trainer logs it)
         self.nets: list[nn.Module] = [self.build(name) for name in self.architectures()]
 
     def architectures(self) -> list[str]:
@@ -61,10 +70,19 @@ class Method:
         return [self.cfg.model.name]
 
     def build(self, name: str) -> nn.Module:
-        """A fresh network of a registered architecture for this data set, on the device."""
-        d, run = self.data, self.cfg.run
-        net = build_model(name, d.in_channels, d.num_classes, d.image_size).to(self.device)
-        return speed_up(net, channels_last=run.channels_last, compile=run.compile)
+        """A fresh network of a registered architecture for this data set, on the device.
+
+        A network of the student architecture (``model.name``) starts from ``model.pretrained``
+        and has all but its head frozen with ``model.freeze``.
+        """
+        d, run, m = self.data, self.cfg.run, self.cfg.model
+        net = build_model(name, d.in_channels, d.num_classes, d.image_size)
+        if name == m.name and m.pretrained is not None:
+            path = pretrained_file(name, m.pretrained, "model.pretrained")
+            self.notes += load_pretrained(net, path)
+        if name == m.name and m.freeze:
+            freeze_all_but_head(net, MODELS.get(name).head(net))
+        return speed_up(net.to(self.device), channels_last=run.channels_last, compile=run.compile)
 
     def train_step(
         self, batch: Batch, epoch: int, optimizers: list[torch.optim.Optimizer]
@@ -80,7 +98,7 @@ class Method:
 
     def train(self) -> None:
         for net in self.nets:
-            net.train()
+            train_mode(net)
 
     def state_dict(self) -> dict[str, Any]:
         return {"nets": [net.state_dict() for net in self.nets]}

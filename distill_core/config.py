@@ -112,7 +112,14 @@ class TeacherConfig(Section):
     )
     epochs: int = Field(5, ge=1, le=10_000, description="epochs the teacher is trained for")
     epoch: int | None = Field(
-        None, ge=1, description="which saved checkpoint to distil from (default: the last)"
+        None,
+        ge=1,
+        description="the teacher's epoch to distil from (default: the last); see teacher.early_stop",
+    )
+    early_stop: Literal["snapshot", "shortened"] = Field(
+        "snapshot",
+        description="teacher.epoch < teacher.epochs means: snapshot = the checkpoint of that epoch of the full run; "
+        "shortened = a teacher trained to completion in that many epochs (its schedule scaled)",
     )
     save_epochs: list[int] | None = Field(
         None, description="epochs to keep checkpoints of (default: every epoch)"
@@ -141,7 +148,15 @@ class TeacherConfig(Section):
                 raise ValueError(
                     f"teacher.save_epochs {bad} outside 1..teacher.epochs={self.epochs}; drop them or raise teacher.epochs"
                 )
-        if self.epoch is not None and self.epoch not in self.saved_epochs():
+        if self.epoch is not None and self.early_stop == "shortened" and self.epoch > self.epochs:
+            raise ValueError(
+                f"teacher.epoch={self.epoch} is after teacher.epochs={self.epochs}; lower it"
+            )
+        if (
+            self.epoch is not None
+            and self.early_stop == "snapshot"
+            and self.epoch not in self.saved_epochs()
+        ):
             raise ValueError(
                 f"teacher.epoch={self.epoch} is never saved (saved epochs: {_span(self.saved_epochs())}); "
                 f"set teacher.epoch to one of them or add it to teacher.save_epochs"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch.optim import lr_scheduler
@@ -59,3 +60,24 @@ def build_schedule(
         optimizer, start_factor=1.0 / (w + 1), end_factor=1.0, total_iters=w
     )
     return lr_scheduler.SequentialLR(optimizer, [warmup, main], milestones=[w]), False
+
+
+def scale_epochs(schedule: dict[str, Any], from_epochs: int, to_epochs: int) -> dict[str, Any]:
+    """A schedule (``ScheduleConfig`` as a dict) for a run of ``to_epochs`` shaped like the
+    ``from_epochs`` one: its settings counted in epochs are scaled by ``to_epochs / from_epochs``.
+
+    Step ``milestones`` and ``warmup_epochs`` are rounded and kept inside ``1..to_epochs-1``
+    (milestones that meet are merged; none is left in a 1-epoch run). The rest needs nothing:
+    ``pct_start`` is a fraction and cosine, linear and one-cycle span the run. Seed 003's
+    early-stopped teachers are trained this way, to completion on a shorter schedule.
+    """
+    out = dict(schedule)
+    ratio, last = to_epochs / from_epochs, to_epochs - 1
+
+    def fit_in(epoch: float) -> int:
+        return min(max(round(epoch * ratio), 1), last)
+
+    out["milestones"] = sorted({fit_in(m) for m in schedule.get("milestones", [])} if last else [])
+    warmup = schedule.get("warmup_epochs", 0)
+    out["warmup_epochs"] = fit_in(warmup) if warmup and last else 0
+    return out

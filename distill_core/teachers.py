@@ -26,11 +26,12 @@ import torch
 import torch.nn as nn
 from filelock import FileLock
 
-from distill_core.config import Config, from_tree
+from distill_core.config import Config, TeacherConfig, from_tree
 from distill_core.data import Splits
 from distill_core.errors import TeacherError, require_writable
 from distill_core.methods import METHODS
 from distill_core.models import build_model, pretrained_file
+from distill_core.schedules import scale_epochs
 
 if TYPE_CHECKING:
     from distill_core.trainer import EpochReport
@@ -57,18 +58,24 @@ def _stage_spec(
     method: dict[str, Any],
     teacher: bool,
     model_keys: dict[str, Any] | None = None,
+    epochs: int | None = None,
 ) -> Config:
-    """A store entry's training config: ``cfg``'s data, the teacher's optimizer, schedule and length."""
-    model_keys = model_keys or {}
+    """A store entry's training config: ``cfg``'s data, the teacher's optimizer, schedule and length.
+
+    ``epochs`` shortens the run, with the schedule scaled to it (``schedules.scale_epochs``).
+    """
     t = cfg.teacher
+    schedule = t.schedule.model_dump()
+    if epochs is not None:
+        schedule = scale_epochs(schedule, t.epochs, epochs)
     tree = {
         "data": cfg.data.model_dump(),
-        "model": {"name": model, **model_keys},
+        "model": {"name": model, **(model_keys or {})},
         "method": method,
         "optim": t.optim.model_dump(),
-        "schedule": t.schedule.model_dump(),
+        "schedule": schedule,
         "run": {
-            "epochs": t.epochs,
+            "epochs": epochs or t.epochs,
             "batch_size": t.batch_size,
             "seed": t.seed,
             "device": cfg.run.device,
@@ -82,10 +89,19 @@ def _stage_spec(
 
 
 def teacher_spec(cfg: Config) -> Config:
-    """The scratch-training config of ``cfg``'s teacher."""
+    """The scratch-training config of ``cfg``'s teacher.
+
+    A ``shortened`` early-stopped teacher (``teacher.early_stop``) is its own entry, trained to
+    completion in ``teacher.epoch`` epochs; a ``snapshot`` is a checkpoint of the full run.
+    """
     t = cfg.teacher
     weights = {"pretrained": t.pretrained, "freeze": t.freeze}
-    return _stage_spec(cfg, t.model, {"name": "scratch"}, teacher=False, model_keys=weights)
+    epochs = t.epoch if _shortened(t) else None
+    return _stage_spec(cfg, t.model, {"name": "scratch"}, False, weights, epochs)
+
+
+def _shortened(t: TeacherConfig) -> bool:
+    return t.early_stop == "shortened" and t.resolved_epoch < t.epochs
 
 
 def assistant_spec(cfg: Config) -> Config:
@@ -112,7 +128,9 @@ class Requirement(NamedTuple):
 
 _STAGES: dict[str, Callable[[Config], Requirement]] = {
     "teacher": lambda cfg: Requirement(
-        teacher_spec(cfg), cfg.teacher.resolved_epoch, cfg.teacher.save_epochs
+        teacher_spec(cfg),
+        cfg.teacher.resolved_epoch,
+        [cfg.teacher.resolved_epoch] if _shortened(cfg.teacher) else cfg.teacher.save_epochs,
     ),
     "assistant": lambda cfg: Requirement(assistant_spec(cfg), cfg.teacher.epochs, None),
 }
@@ -154,7 +172,7 @@ def store_key(spec: Config) -> str:
 
 
 # Keys added after the first stored teachers: hashed only when set, so those keep their keys.
-_LATER_KEYS = {"pretrained": None, "freeze": False}
+_LATER_KEYS = {"pretrained": None, "freeze": False, "early_stop": "snapshot"}
 
 
 def _hash_weights(section: dict[str, Any], arch_key: str) -> None:

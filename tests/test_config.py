@@ -110,6 +110,11 @@ def test_digest_changes_with_content() -> None:
         ),
         ({"teacher": {"epochs": 3, "epoch": 4}}, ["teacher.epoch=4 is never saved"]),
         (
+            {"teacher": {"epochs": 3, "epoch": 4, "early_stop": "shortened"}},
+            ["teacher.epoch=4 is after teacher.epochs=3"],
+        ),
+        ({"teacher": {"early_stop": "early"}}, ["teacher.early_stop", "shortened"]),
+        (
             {"teacher": {"epochs": 3, "save_epochs": [9]}},
             ["teacher.save_epochs [9]", "teacher.epochs=3"],
         ),
@@ -155,6 +160,7 @@ def test_invalid_configs_give_one_line_naming_key_and_fix(tree: dict, expected: 
         {"init": {"interp_lambda": 0.0}, "model": {"name": "mlp"}, "teacher": {"model": "mlp"}},
         {"teacher": {"epochs": 4, "save_epochs": [2], "epoch": 2}},
         {"teacher": {"epochs": 4, "save_epochs": [2], "epoch": 4}},  # the last epoch is always kept
+        {"teacher": {"epochs": 4, "save_epochs": [2], "epoch": 3, "early_stop": "shortened"}},
     ],
 )
 def test_boundary_values_are_accepted(tree: dict) -> None:

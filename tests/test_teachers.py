@@ -17,7 +17,7 @@ import torch
 
 from distill_core import TeacherError, UserError, fit, fit_epochs, load_data, make_config
 from distill_core.config import Config, ConfigError
-from distill_core.teachers import TeacherStore, store_key, teacher_spec
+from distill_core.teachers import TeacherStore, required_teachers, store_key, teacher_spec
 
 PYTHON = sys.executable
 
@@ -425,3 +425,24 @@ def test_a_missing_teacher_weights_file_names_teacher_pretrained(tmp_path: Path)
         ConfigError, match="teacher.pretrained: weights file .*none.pt does not exist"
     ):
         run(cfg)
+
+
+def test_a_shortened_teacher_is_its_own_entry_trained_to_completion(tmp_path: Path) -> None:
+    schedule = {"name": "step", "milestones": [2, 4], "warmup_epochs": 0}
+    snapshot = config(tmp_path, epochs=6, epoch=3, schedule=schedule)
+    shortened = config(tmp_path, epochs=6, epoch=3, schedule=schedule, early_stop="shortened")
+    (short,) = required_teachers(shortened)
+    (snap,) = required_teachers(snapshot)
+    assert (short.epoch, short.save_epochs, short.spec.run.epochs) == (3, [3], 3)
+    assert short.spec.schedule.milestones == [1, 2]  # 2 and 4 of 6 epochs, scaled to 3
+    assert (snap.epoch, snap.spec.run.epochs, snap.spec.schedule.milestones) == (3, 6, [2, 4])
+    assert store_key(short.spec) != store_key(snap.spec)
+    # Not early (teacher.epoch is the last): both kinds are the same full run.
+    full = config(tmp_path, epochs=6, schedule=schedule, early_stop="shortened")
+    assert store_key(teacher_spec(full)) == store_key(snap.spec)
+
+    final, lines = run(config(tmp_path, epochs=3, epoch=1, early_stop="shortened"))
+    assert trained(lines) == 1
+    meta = TeacherStore(tmp_path).entries()[0]
+    assert meta["config"]["run"]["epochs"] == 1 and list(meta["epochs"]) == ["1"]
+    assert final["teacher_val_acc"] == pytest.approx(meta["final"]["val_acc"], abs=1e-7)

@@ -14,7 +14,7 @@ import distill_core.trainer as trainer
 from distill_core import EpochReport, FitResult, fit, fit_epochs, load_data, make_config
 from distill_core.config import Config, OptimConfig, ScheduleConfig
 from distill_core.data import Batch
-from distill_core.schedules import build_optimizer, build_schedule
+from distill_core.schedules import build_optimizer, build_schedule, scale_epochs
 
 # --- schedules ----------------------------------------------------------------------------------
 
@@ -79,6 +79,38 @@ def test_cosine_without_warmup_and_linear_and_constant() -> None:
         [0.1, 0.08, 0.06, 0.04]
     )
     assert lr_trace({"name": "constant"}, epochs=3, steps=2)[1] == pytest.approx([0.1] * 3)
+
+
+@pytest.mark.parametrize(
+    ("schedule", "to", "scaled"),
+    [
+        (
+            {"milestones": [3, 5, 8], "warmup_epochs": 2},
+            4,
+            {"milestones": [1, 2, 3], "warmup_epochs": 1},
+        ),
+        (
+            {"milestones": [50, 75], "warmup_epochs": 5},
+            20,
+            {"milestones": [10, 15], "warmup_epochs": 1},
+        ),
+        (
+            {"milestones": [1, 2, 9], "warmup_epochs": 0},
+            3,
+            {"milestones": [1, 2], "warmup_epochs": 0},
+        ),
+        ({"milestones": [5], "warmup_epochs": 3}, 1, {"milestones": [], "warmup_epochs": 0}),
+    ],
+)
+def test_scale_epochs_shortens_epoch_valued_settings(
+    schedule: dict[str, Any], to: int, scaled: dict[str, Any]
+) -> None:
+    """From 10 epochs (100 in the second case): rounded, inside 1..to-1, duplicates merged."""
+    full = {"name": "step", "gamma": 0.2, "pct_start": 0.25, **schedule}
+    out = scale_epochs(full, 100 if 50 in schedule["milestones"] else 10, to)
+    assert out == {**full, **scaled}
+    assert full["milestones"] == schedule["milestones"]  # the input is left alone
+    ScheduleConfig(**out)  # still a valid schedule
 
 
 @pytest.mark.parametrize(

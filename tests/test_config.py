@@ -235,3 +235,13 @@ def test_docs_config_reference_is_current() -> None:
 
     doc = Path(__file__).resolve().parents[1] / "docs" / "config.md"
     assert doc.read_text() == reference_markdown()
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yaml")),
+    ids=lambda p: p.name,
+)
+def test_every_example_config_loads(path: Path) -> None:
+    cfg = load_config(path)
+    assert cfg.run.epochs >= 1 and f"name: {cfg.method.name}" in path.read_text()

@@ -7,7 +7,9 @@ device on every batch, so the trainer reads the epoch's mean once.
 
 A method also declares what it needs (``needs_teacher``, ``has_peers``, ``teacher_stages``) and
 checks its own config keys (``check``); the config, the teacher store and the trainer ask the
-class, never compare method names.
+class, never compare method names. A method module registers its class when imported;
+``distill_core/__init__.py`` imports the built-in ones (this package imports none of them, so
+that they can import it).
 """
 
 from __future__ import annotations

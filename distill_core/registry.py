@@ -27,12 +27,14 @@ class Registry(Generic[T]):
 
         return add
 
-    def get(self, name: str) -> T:
+    def get(self, name: str, *, key: str | None = None) -> T:
+        """The object registered as ``name``; ``ConfigError`` naming the config key (``key``, by
+        default the registry's own) and the valid names if there is none."""
         try:
             return self._items[name]
         except KeyError:
             raise ConfigError(
-                f"unknown {self.kind} {name!r}; set {self.config_key} to one of: "
+                f"unknown {self.kind} {name!r}; set {key or self.config_key} to one of: "
                 + ", ".join(sorted(self._items))
             ) from None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch.optim import lr_scheduler
@@ -61,16 +62,22 @@ def build_schedule(
     return lr_scheduler.SequentialLR(optimizer, [warmup, main], milestones=[w]), False
 
 
-def scale_epochs(schedule: dict, from_epochs: int, to_epochs: int) -> dict:
-    """A schedule section (as a dict) for ``to_epochs`` instead of ``from_epochs`` epochs: step
-    milestones and warm-up epochs scale by the same factor (rounded, kept inside 1..to-1, repeats
-    dropped)."""
+def scale_epochs(schedule: dict[str, Any], from_epochs: int, to_epochs: int) -> dict[str, Any]:
+    """A schedule (``ScheduleConfig`` as a dict) for a run of ``to_epochs`` shaped like the
+    ``from_epochs`` one: its settings counted in epochs are scaled by ``to_epochs / from_epochs``.
+
+    Step ``milestones`` and ``warmup_epochs`` are rounded and kept inside ``1..to_epochs-1``
+    (milestones that meet are merged; none is left in a 1-epoch run). The rest needs nothing:
+    ``pct_start`` is a fraction and cosine, linear and one-cycle span the run. Seed 003's
+    early-stopped teachers are trained this way, to completion on a shorter schedule.
+    """
     out = dict(schedule)
-    factor = to_epochs / from_epochs
-    if out.get("milestones"):
-        out["milestones"] = sorted(
-            {min(max(1, round(m * factor)), to_epochs - 1) for m in out["milestones"]} - {0}
-        )
-    if out.get("warmup_epochs"):
-        out["warmup_epochs"] = min(max(1, round(out["warmup_epochs"] * factor)), to_epochs - 1)
+    ratio, last = to_epochs / from_epochs, to_epochs - 1
+
+    def fit_in(epoch: float) -> int:
+        return min(max(round(epoch * ratio), 1), last)
+
+    out["milestones"] = sorted({fit_in(m) for m in schedule.get("milestones", [])} if last else [])
+    warmup = schedule.get("warmup_epochs", 0)
+    out["warmup_epochs"] = fit_in(warmup) if warmup and last else 0
     return out

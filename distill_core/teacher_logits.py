@@ -2,8 +2,8 @@
 
 Without augmentation a KD student sees the same training images every epoch, so its teacher's
 logits on them never change. They are computed once per teacher checkpoint and training tensor
-(eval mode, inference mode, in batches), kept in memory for later runs in this process, and stored
-beside the checkpoint for other processes::
+(eval mode, inference mode, in batches), kept by the run that asked for them, and stored beside
+the checkpoint for later runs::
 
     <run.teacher_store>/<store key>/logits/epoch_NNNN-<fingerprint>.pt
 
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -26,9 +25,6 @@ from distill_core.config import Config
 from distill_core.data import Splits
 from distill_core.models import predict
 from distill_core.teachers import TeacherStore, atomic_write, required_teachers
-
-MEMORY_ENTRIES = 4  # logits of this many (teacher, data) pairs stay in memory per process
-_memory: OrderedDict[tuple[str, str], torch.Tensor] = OrderedDict()
 
 
 def fingerprint(train_x: torch.Tensor, teacher: nn.Module) -> str:
@@ -42,7 +38,7 @@ def fingerprint(train_x: torch.Tensor, teacher: nn.Module) -> str:
 
 
 def train_logits(cfg: Config, teacher: nn.Module, data: Splits) -> torch.Tensor:
-    """The teacher's float32 logits on every row of ``data.train_x``: from memory, disk, or computed.
+    """The teacher's float32 logits on every row of ``data.train_x``: from the store, or computed.
 
     ``teacher`` is the network ``cfg`` distils from (the last of ``required_teachers(cfg)``);
     the disk cache is used only when that entry is in ``cfg.run.teacher_store``.
@@ -51,20 +47,13 @@ def train_logits(cfg: Config, teacher: nn.Module, data: Splits) -> torch.Tensor:
     spec, epoch, _ = required_teachers(cfg)[-1]
     folder = TeacherStore(cfg.run.teacher_store).path(spec)
     path = folder / "logits" / f"epoch_{epoch:04d}-{fingerprint(train_x, teacher)}.pt"
-    key = (str(path), str(train_x.device))
-    logits = _memory.get(key)
-    if logits is None:
-        logits = _load(path, (len(train_x), data.num_classes), train_x.device)
+    logits = _load(path, (len(train_x), data.num_classes), train_x.device)
     if logits is None:
         # Outside any autocast of the caller: the cache holds full-precision logits.
         with torch.autocast(train_x.device.type, enabled=False):
             logits = predict(teacher, train_x, cfg.run.eval_batch_size)
         if folder.is_dir():
             _save(path, logits)
-    _memory[key] = logits
-    _memory.move_to_end(key)
-    while len(_memory) > MEMORY_ENTRIES:
-        _memory.popitem(last=False)
     return logits
 
 

@@ -3,6 +3,9 @@
 A teacher is identified by a content hash of the config that trains it (data, model, optimizer,
 schedule, epochs, seed; for a TA also its own teacher). Checkpoints are written atomically with a
 SHA-256 checksum; a file lock makes concurrent requests train it once.
+
+The store trains an entry with the trainer it is handed (``train=distill_core.fit_epochs``), so
+that the trainer, which asks the store for its teacher, and the store do not import each other.
 """
 
 from __future__ import annotations
@@ -17,16 +20,24 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 import torch.nn as nn
 from filelock import FileLock
 
-from distill_core.config import Config, make_config
+from distill_core.config import Config, TeacherConfig, from_tree
 from distill_core.data import Splits
 from distill_core.errors import TeacherError, require_writable
-from distill_core.models import build_model
+from distill_core.methods import METHODS
+from distill_core.models import build_model, pretrained_file
+from distill_core.schedules import scale_epochs
+
+if TYPE_CHECKING:
+    from distill_core.trainer import EpochReport
+
+#: How the store trains an entry: ``distill_core.fit_epochs`` (called as ``train(spec, data=, log=)``).
+Train = Callable[..., Iterator["EpochReport"]]
 
 # Keys that do not change what a teacher learns, so they do not enter its hash.
 _NOT_HASHED = {
@@ -41,17 +52,30 @@ _NOT_HASHED = {
 }
 
 
-def _stage_spec(cfg: Config, model: str, method: dict[str, Any], teacher: bool) -> Config:
-    """A store entry's training config: ``cfg``'s data, the teacher's optimizer, schedule and length."""
+def _stage_spec(
+    cfg: Config,
+    model: str,
+    method: dict[str, Any],
+    teacher: bool,
+    model_keys: dict[str, Any] | None = None,
+    epochs: int | None = None,
+) -> Config:
+    """A store entry's training config: ``cfg``'s data, the teacher's optimizer, schedule and length.
+
+    ``epochs`` shortens the run, with the schedule scaled to it (``schedules.scale_epochs``).
+    """
     t = cfg.teacher
+    schedule = t.schedule.model_dump()
+    if epochs is not None:
+        schedule = scale_epochs(schedule, t.epochs, epochs)
     tree = {
         "data": cfg.data.model_dump(),
-        "model": {"name": model},
+        "model": {"name": model, **(model_keys or {})},
         "method": method,
         "optim": t.optim.model_dump(),
-        "schedule": t.schedule.model_dump(),
+        "schedule": schedule,
         "run": {
-            "epochs": t.epochs,
+            "epochs": epochs or t.epochs,
             "batch_size": t.batch_size,
             "seed": t.seed,
             "device": cfg.run.device,
@@ -61,12 +85,23 @@ def _stage_spec(cfg: Config, model: str, method: dict[str, Any], teacher: bool) 
     }
     if teacher:
         tree["teacher"] = t.model_dump()
-    return make_config(tree)
+    return from_tree(tree)
 
 
 def teacher_spec(cfg: Config) -> Config:
-    """The scratch-training config of ``cfg``'s teacher."""
-    return _stage_spec(cfg, cfg.teacher.model, {"name": "scratch"}, teacher=False)
+    """The scratch-training config of ``cfg``'s teacher.
+
+    A ``shortened`` early-stopped teacher (``teacher.early_stop``) is its own entry, trained to
+    completion in ``teacher.epoch`` epochs; a ``snapshot`` is a checkpoint of the full run.
+    """
+    t = cfg.teacher
+    weights = {"pretrained": t.pretrained, "freeze": t.freeze}
+    epochs = t.epoch if _shortened(t) else None
+    return _stage_spec(cfg, t.model, {"name": "scratch"}, False, weights, epochs)
+
+
+def _shortened(t: TeacherConfig) -> bool:
+    return t.early_stop == "shortened" and t.resolved_epoch < t.epochs
 
 
 def assistant_spec(cfg: Config) -> Config:
@@ -91,14 +126,31 @@ class Requirement(NamedTuple):
     save_epochs: list[int] | None  # None: every epoch
 
 
+_STAGES: dict[str, Callable[[Config], Requirement]] = {
+    "teacher": lambda cfg: Requirement(
+        teacher_spec(cfg),
+        cfg.teacher.resolved_epoch,
+        [cfg.teacher.resolved_epoch] if _shortened(cfg.teacher) else cfg.teacher.save_epochs,
+    ),
+    "assistant": lambda cfg: Requirement(assistant_spec(cfg), cfg.teacher.epochs, None),
+}
+
+
+def uses_teacher(cfg: Config) -> bool:
+    """Whether a run of ``cfg`` loads a network from the teacher store.
+
+    It does when its method distils from one, or when ``init.interp_lambda`` starts the student
+    from the teacher's weights.
+    """
+    return METHODS.get(cfg.method.name).needs_teacher or cfg.init.interp_lambda is not None
+
+
 def required_teachers(cfg: Config) -> list[Requirement]:
-    """Every store entry ``cfg`` needs, in training order (teacher, then TA for takd)."""
-    if not cfg.uses_teacher:
+    """Every store entry ``cfg`` needs, in training order (the method's ``teacher_stages``)."""
+    if not uses_teacher(cfg):
         return []
-    needed = [Requirement(teacher_spec(cfg), cfg.teacher.resolved_epoch, cfg.teacher.save_epochs)]
-    if cfg.method.name == "takd":
-        needed.append(Requirement(assistant_spec(cfg), cfg.teacher.epochs, None))
-    return needed
+    stages = METHODS.get(cfg.method.name).teacher_stages or ("teacher",)  # interp_lambda alone
+    return [_STAGES[stage](cfg) for stage in stages]
 
 
 def store_key(spec: Config) -> str:
@@ -106,14 +158,31 @@ def store_key(spec: Config) -> str:
     tree = spec.model_dump(mode="json")
     for section, key in _NOT_HASHED:
         tree[section].pop(key, None)
-    if spec.uses_teacher:
+    if uses_teacher(spec):
         tree["teacher"].pop("save_epochs")
         tree["teacher"]["epoch"] = spec.teacher.resolved_epoch
     else:
         del tree["teacher"]
     del tree["dkel"], tree["init"]
+    for section in ("model", "teacher"):
+        if section in tree:
+            _hash_weights(tree[section], "model" if section == "teacher" else "name")
     blob = json.dumps(tree, sort_keys=True).encode()
     return f"{spec.model.name}-{hashlib.sha256(blob).hexdigest()[:12]}"
+
+
+# Keys added after the first stored teachers: hashed only when set, so those keep their keys.
+_LATER_KEYS = {"pretrained": None, "freeze": False, "early_stop": "snapshot"}
+
+
+def _hash_weights(section: dict[str, Any], arch_key: str) -> None:
+    """In a dumped model/teacher section: drop unset later keys; name pretrained weights by content."""
+    for key, default in _LATER_KEYS.items():
+        if section.get(key, default) == default:
+            section.pop(key, None)
+    if "pretrained" in section:
+        path = pretrained_file(section[arch_key], section["pretrained"], "teacher.pretrained")
+        section["pretrained"] = _sha256(path.read_bytes())
 
 
 def _sha256(blob: bytes) -> str:
@@ -154,12 +223,15 @@ class TeacherStore:
         self,
         spec: Config,
         *,
+        train: Train,
         save_epochs: list[int] | None = None,
         epoch: int | None = None,
         data: Splits | None = None,
         log: Callable[[str], None] | None = None,
     ) -> dict[str, Any]:
-        """Train ``spec`` unless stored (one process trains, others wait on the lock); return its meta.
+        """Train ``spec`` with ``train`` unless stored (one process trains, others wait on the lock).
+
+        Returns the entry's meta.
 
         With ``epoch``, that checkpoint must be stored: a corrupted one is reported and the entry
         retrained; one never saved raises ``TeacherError``.
@@ -171,7 +243,7 @@ class TeacherStore:
             with self._locked(folder):
                 meta = self._intact(folder, epoch, warn=say)  # another process may have trained it
                 if meta is None:
-                    meta = self._train(spec, folder, save_epochs, data, log, say)
+                    meta = self._train(spec, folder, train, save_epochs, data, log, say)
         if epoch is not None:
             _entry(meta, folder, epoch)
         return meta
@@ -214,6 +286,7 @@ class TeacherStore:
         self,
         spec: Config,
         folder: Path,
+        train: Train,
         save_epochs: list[int] | None,
         data: Splits | None,
         log: Callable[[str], None] | None,
@@ -228,7 +301,11 @@ class TeacherStore:
             f"training {spec.model.name} teacher {folder.name} for {spec.run.epochs} epochs (stored for reuse)"
         )
 
-        def save(report: Any) -> None:
+        result = None
+        for report in train(spec, data=data, log=log):
+            result = report.result
+            if result is not None and result.status == "diverged":
+                break
             say(
                 f"  teacher epoch {report.epoch}: val_acc {report.metrics.get('val_acc', float('nan')):.4f}"
             )
@@ -237,16 +314,13 @@ class TeacherStore:
                 buffer = io.BytesIO()
                 torch.save(report.state()["method"]["nets"][0], buffer)
                 blob = buffer.getvalue()
-                atomic_write(ckpt, lambda tmp: tmp.write_bytes(blob))
+                atomic_write(ckpt, lambda tmp, blob=blob: tmp.write_bytes(blob))
                 saved[str(report.epoch)] = {
                     "file": ckpt.name,
                     "sha256": _sha256(blob),
                     **report.metrics,
                 }
-
-        from distill_core.trainer import fit
-
-        result = fit(spec, on_epoch=save, data=data, log=log)
+        assert result is not None, "the trainer ended without a result"
         meta = {
             "key": folder.name,
             "model": spec.model.name,
@@ -310,12 +384,14 @@ class TeacherStore:
         cfg: Config,
         data: Splits,
         device: torch.device,
+        *,
+        train: Train,
         log: Callable[[str], None] | None = None,
     ) -> nn.Module:
         """The network ``cfg`` distils from (the TA for takd), training the chain once if needed."""
         needed = required_teachers(cfg)
         for spec, epoch, save_epochs in needed:
-            self.ensure(spec, save_epochs=save_epochs, epoch=epoch, data=data, log=log)
+            self.ensure(spec, train=train, save_epochs=save_epochs, epoch=epoch, data=data, log=log)
         spec, epoch, _ = needed[-1]
         return self.load(spec, epoch, data, device)
 

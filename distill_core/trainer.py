@@ -28,18 +28,24 @@ from distill_core.config import Config
 from distill_core.data import Splits, batches, load_data
 from distill_core.init import interpolate_, reestimate_bn
 from distill_core.methods import METHODS, Method
-from distill_core.metrics import classification_metrics
+from distill_core.metrics import (
+    CRASH_WARMUP,
+    agreement,
+    classification_metrics,
+    crash_flags,
+    predictive_kl,
+)
 from distill_core.models import predict, speed_up
+from distill_core.rng import RunRNG
 from distill_core.schedules import build_optimizer, build_schedule
-from distill_core.teachers import TeacherStore
+from distill_core.teachers import TeacherStore, uses_teacher
 
-CHANCE_MARGIN = 0.02  # val accuracy within 2 points of chance counts as a crash
-CRASH_WARMUP = 0.1  # ... once the first 10% of epochs are done
+FIDELITY_ROWS = 1024  # training images on which fidelity to the teacher is measured
 
 
 @dataclass
 class FitResult:
-    status: str  # completed | crashed (at chance at the end) | diverged (non-finite loss)
+    status: str  # completed | crashed (collapsed in the last epoch: see crash_flags) | diverged
     history: list[dict[str, float]] = field(default_factory=list)
     final: dict[str, float] = field(default_factory=dict)  # last epoch's val metrics plus test_*
 
@@ -106,39 +112,50 @@ def fit_epochs(
         data: pre-loaded splits (shared by trials); loaded from ``cfg.data`` when absent.
         log: where teacher training and other notes are printed (default: nowhere).
     """
+    say = log or (lambda _: None)
     device = resolve_device(cfg.run.device)
     if cfg.run.threads is not None:
         torch.set_num_threads(cfg.run.threads)
     data = (data or load_data(cfg.data)).to(device)
-    teacher = None
-    if cfg.uses_teacher:  # may train the teacher first, so seed only afterwards
-        teacher = TeacherStore(cfg.run.teacher_store).teacher_for(cfg, data, device, log=log)
-        speed_up(teacher, channels_last=cfg.run.channels_last, compile=False)
+    rng = RunRNG(cfg.run.seed, device)  # the run's own random state: see distill_core.rng
+    generator = torch.Generator().manual_seed(cfg.run.seed)  # batch order and augmentation
+    with rng.active():
+        teacher = None
+        if uses_teacher(cfg):  # trains the teacher first if the store lacks it
+            store = TeacherStore(cfg.run.teacher_store)
+            teacher = store.teacher_for(cfg, data, device, train=fit_epochs, log=log)
+            speed_up(teacher, channels_last=cfg.run.channels_last, compile=False)
+        method: Method = METHODS.get(cfg.method.name)(cfg, data, device, teacher)
+        for note in dict.fromkeys(method.notes):  # once, not once per peer
+            say(note)
+        if cfg.init.interp_lambda is not None:
+            assert teacher is not None
+            interpolate_(method.nets[0], teacher, cfg.init.interp_lambda)
+            shuffled = batches(data.train_x, data.train_y, cfg.run.batch_size, generator=generator)
+            reestimate_bn(
+                method.nets[0], [b.x for b in itertools.islice(shuffled, cfg.init.bn_batches)]
+            )
 
-    torch.manual_seed(cfg.run.seed)
-    generator = torch.Generator().manual_seed(cfg.run.seed)
-    method: Method = METHODS.get(cfg.method.name)(cfg, data, device, teacher)
-    if cfg.init.interp_lambda is not None:
-        assert teacher is not None
-        interpolate_(method.nets[0], teacher, cfg.init.interp_lambda)
-        shuffled = batches(data.train_x, data.train_y, cfg.run.batch_size, generator=generator)
-        reestimate_bn(
-            method.nets[0], [b.x for b in itertools.islice(shuffled, cfg.init.bn_batches)]
-        )
-
+    warmup = max(1, round(CRASH_WARMUP * cfg.run.epochs))  # epochs in which no crash is flagged
     steps_per_epoch = math.ceil(len(data.train_y) / cfg.run.batch_size)
-    optimizers = [build_optimizer(net.parameters(), cfg.optim) for net in method.nets]
+    optimizers = [  # frozen parameters (model.freeze) are left out
+        build_optimizer([p for p in net.parameters() if p.requires_grad], cfg.optim)
+        for net in method.nets
+    ]
     schedules = [
         build_schedule(o, cfg.schedule, epochs=cfg.run.epochs, steps_per_epoch=steps_per_epoch)
         for o in optimizers
     ]
     per_step = schedules[0][1]
 
+    # Fidelity on the distillation data is measured on the training split's first rows (a
+    # permutation fixed by data.split_seed); the teacher's logits on them and on val/test once.
+    fidelity_x = data.train_x[:FIDELITY_ROWS]
     teacher_logits = {}
     if teacher is not None:
         teacher_logits = {
-            split: predict(teacher, getattr(data, f"{split}_x"), cfg.run.eval_batch_size)
-            for split in ("val", "test")
+            split: predict(teacher, x, cfg.run.eval_batch_size)
+            for split, x in (("train", fidelity_x), ("val", data.val_x), ("test", data.test_x))
         }
 
     history: list[dict[str, float]] = []
@@ -152,7 +169,7 @@ def fit_epochs(
         for (sch, _), s in zip(schedules, resume_from["schedules"], strict=True):
             sch.load_state_dict(s)
         generator.set_state(resume_from["generator"])
-        torch.set_rng_state(resume_from["torch_rng"])
+        rng.load_state_dict(resume_from["rng"])
         history = list(resume_from["history"])
         start_epoch, crashed_epochs = resume_from["epoch"], resume_from["crashed_epochs"]
 
@@ -163,7 +180,7 @@ def fit_epochs(
             "optimizers": [o.state_dict() for o in optimizers],
             "schedules": [s.state_dict() for s, _ in schedules],
             "generator": generator.get_state(),
-            "torch_rng": torch.get_rng_state(),
+            "rng": rng.state_dict(),
             "history": list(history),
             "crashed_epochs": crashed_epochs,
         }
@@ -191,23 +208,24 @@ def fit_epochs(
     for epoch in range(start_epoch, cfg.run.epochs):
         t0 = time.perf_counter()
         lr = optimizers[0].param_groups[0]["lr"]
-        method.train()
-        losses = []
-        for batch in batches(
-            data.train_x,
-            data.train_y,
-            cfg.run.batch_size,
-            generator=generator,
-            augment=data.augment,
-        ):
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.run.amp):
-                losses.append(method.train_step(batch, epoch, optimizers))
-            if per_step:
+        with rng.active():  # nothing in the block may yield: another run may draw in between
+            method.train()
+            losses = []
+            for batch in batches(
+                data.train_x,
+                data.train_y,
+                cfg.run.batch_size,
+                generator=generator,
+                augment=data.augment,
+            ):
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.run.amp):
+                    losses.append(method.train_step(batch, epoch, optimizers))
+                if per_step:
+                    for s, _ in schedules:
+                        s.step()
+            if not per_step:
                 for s, _ in schedules:
                     s.step()
-        if not per_step:
-            for s, _ in schedules:
-                s.step()
         train_loss = (
             torch.stack(losses).float().mean().item()
         )  # the epoch's one wait for the device
@@ -223,13 +241,14 @@ def fit_epochs(
         metrics.update(
             evaluate(method, data, "val", teacher_logits.get("val"), cfg.run.eval_batch_size)
         )
-        if teacher is not None and "val_acc" in metrics:
-            metrics["diff_t_s"] = metrics["teacher_val_acc"] - metrics["val_acc"]
-        flags = (
-            crash_flags(metrics, data.num_classes)
-            if epoch + 1 > CRASH_WARMUP * cfg.run.epochs
-            else {}
-        )
+        if teacher is not None:
+            metrics.update(
+                train_fidelity(method, fidelity_x, teacher_logits["train"], cfg.run.eval_batch_size)
+            )
+        last = epoch + 1 == cfg.run.epochs
+        flags = crash_flags(metrics, data.num_classes, history, final=last)
+        if epoch + 1 <= warmup and not last:
+            flags = dict.fromkeys(flags, False)  # a young network near chance is not a crash
         crashed = any(flags.values())
         crashed_epochs += crashed
         metrics.update({f"{name}crashed": float(flag) for name, flag in flags.items() if name})
@@ -239,7 +258,6 @@ def fit_epochs(
             epoch_time=time.perf_counter() - t0,
         )
         history.append({"epoch": epoch + 1, **metrics})
-        last = epoch + 1 == cfg.run.epochs
         yield EpochReport(
             epoch + 1, metrics, lambda e=epoch + 1: state(e), finish() if last else None
         )
@@ -257,12 +275,14 @@ def evaluate(
 
     With several models (peers), ``{peer}_{split}_acc`` etc. are reported for each, plus the
     mean and std of accuracy, and ``{split}_*`` are those of the peer with the best *validation*
-    accuracy (``pick`` carries the validation metrics when ``split`` is test).
+    accuracy (``pick`` carries the validation metrics when ``split`` is test). With a teacher,
+    also its accuracy and the gap ``{split}_acc_gap = teacher_{split}_acc - {split}_acc``.
+    ``{split}_n`` is the number of examples (for binomial standard errors).
     """
     x, y = getattr(data, f"{split}_x"), getattr(data, f"{split}_y")
     if len(y) == 0:
         return {}
-    out: dict[str, float] = {}
+    out: dict[str, float] = {f"{split}_n": float(len(y))}
     if teacher_logits is not None:
         out[f"teacher_{split}_acc"] = (teacher_logits.argmax(1) == y).float().mean().item()
     models = method.eval_models()
@@ -273,24 +293,35 @@ def evaluate(
         for name, model in models.items()
     }
     if list(per_model) == [""]:
-        return out | per_model[""]
-    for name, metrics in per_model.items():
-        out.update({f"{name}_{k}": v for k, v in metrics.items()})
-    accs = torch.tensor([m[f"{split}_acc"] for m in per_model.values()])
-    out[f"{split}_acc_mean"] = accs.mean().item()
-    out[f"{split}_acc_std"] = accs.std().item() if len(accs) > 1 else 0.0
-    if pick is None:
-        best = max(per_model, key=lambda n: per_model[n][f"{split}_acc"])
+        out.update(per_model[""])
     else:
-        best = max(per_model, key=lambda n: pick.get(f"{n}_val_acc", 0.0))
-    out.update(per_model[best])
+        for name, metrics in per_model.items():
+            out.update({f"{name}_{k}": v for k, v in metrics.items()})
+        accs = torch.tensor([m[f"{split}_acc"] for m in per_model.values()])
+        out[f"{split}_acc_mean"] = accs.mean().item()
+        out[f"{split}_acc_std"] = accs.std().item() if len(accs) > 1 else 0.0
+        if pick is None:
+            best = max(per_model, key=lambda n: per_model[n][f"{split}_acc"])
+        else:
+            best = max(per_model, key=lambda n: pick.get(f"{n}_val_acc", 0.0))
+        out.update(per_model[best])
+    if teacher_logits is not None:
+        out[f"{split}_acc_gap"] = out[f"teacher_{split}_acc"] - out[f"{split}_acc"]
     return out
 
 
-def crash_flags(metrics: dict[str, float], num_classes: int) -> dict[str, bool]:
-    """Per evaluated model (``""`` or ``"peerN_"``): is its val accuracy within CHANCE_MARGIN of chance?"""
-    return {
-        key.removesuffix("val_acc"): abs(value - 1.0 / num_classes) <= CHANCE_MARGIN
-        for key, value in metrics.items()
-        if key == "val_acc" or (key.startswith("peer") and key.endswith("_val_acc"))
-    }
+def train_fidelity(
+    method: Method, x: torch.Tensor, teacher_logits: torch.Tensor, batch_size: int
+) -> dict[str, float]:
+    """Fidelity to the teacher on training images ``x`` (seed 004: on the distillation data).
+
+    ``train_agreement`` (top-1) and ``train_pred_kl`` (KL(p_t || p_s) at tau 1) of every
+    evaluated model, prefixed per peer as in ``evaluate``.
+    """
+    out = {}
+    for name, model in method.eval_models().items():
+        logits = predict(model, x, batch_size)
+        prefix = f"{name}_" if name else ""
+        out[f"{prefix}train_agreement"] = agreement(logits, teacher_logits)
+        out[f"{prefix}train_pred_kl"] = predictive_kl(logits, teacher_logits)
+    return out

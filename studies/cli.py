@@ -96,7 +96,8 @@ def summary_lines(status: str, final: dict[str, float]) -> list[str]:
         "test_agreement",
         "test_kl",
         "teacher_test_acc",
-        "diff_t_s",
+        "val_logit_diff",
+        "val_acc_gap",
     ]
     shown = [f"{k} {final[k]:.4f}" for k in keys if k in final]
     return [f"status: {status}", "  ".join(shown)]
@@ -212,7 +213,7 @@ def train(
 )
 def config_cmd(markdown: bool) -> None:
     """Print the default config as YAML (a starting point for --config), or the reference table."""
-    from distill_core.config import reference, reference_markdown
+    from distill_core.configure import reference, reference_markdown
 
     if markdown:
         click.echo(reference_markdown(), nl=False)

@@ -14,7 +14,7 @@ from typing import Any
 import ray
 import torch
 
-from distill_core import Config, TeacherStore, required_teachers
+from distill_core import Config, TeacherStore, fit_epochs, required_teachers
 from distill_core.teachers import store_key
 from studies.plan import Plan
 from studies.spaces import SearchSpace
@@ -28,7 +28,9 @@ def _train(
     root: str, spec: Config, save_epochs: list[int] | None, data: SharedData, threads: int
 ) -> str:
     torch.set_num_threads(threads)
-    TeacherStore(root).ensure(spec, save_epochs=save_epochs, data=data.splits(spec.data))
+    TeacherStore(root).ensure(
+        spec, train=fit_epochs, save_epochs=save_epochs, data=data.splits(spec.data)
+    )
     return store_key(spec)
 
 

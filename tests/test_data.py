@@ -5,7 +5,9 @@ from __future__ import annotations
 import gzip
 import pickle
 import struct
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -281,6 +283,54 @@ def test_registered_data_sets() -> None:
         "cifar100",
         "synthetic",
     }
+
+
+@pytest.mark.parametrize("name", DATASETS.names())
+def test_every_data_set_is_declared_once_with_what_the_lists_need(name: str) -> None:
+    spec = DATASETS.get(name)
+    assert spec.name == name and spec.description
+    assert spec.classes >= 2 and len(spec.shape) == 3
+    assert spec.augment == (name in {"cifar10", "cifar100"})
+    assert spec.embedded == (name in {"mnist5k", "digits", "synthetic"})
+    if spec.embedded:
+        data = load_data(DataConfig(name=name))
+        assert (data.num_classes, tuple(data.train_x.shape[1:])) == (spec.classes, spec.shape)
+        assert data.augment == spec.augment
+
+
+def test_the_declared_class_count_is_used_even_when_top_classes_are_missing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = DATASETS.get("synthetic")
+
+    def first_classes(cfg: DataConfig) -> tuple[np.ndarray, ...]:
+        x, y, tx, ty = real.load(cfg)
+        return x[y < 5], y[y < 5], tx[ty < 5], ty[ty < 5]
+
+    monkeypatch.setitem(DATASETS._items, "synthetic", replace(real, load=first_classes))
+    data = load_data(DataConfig(name="synthetic"))
+    assert data.num_classes == 10 and int(data.train_y.max()) == 4
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda x, y: (x[:, :, :4], y), r"images of shape \(1, 4, 8\), expected \(1, 8, 8\)"),
+        (lambda x, y: (x, y + 5), "labels outside 0..9"),
+    ],
+)
+def test_a_loader_that_disagrees_with_its_declaration_is_a_data_error(
+    monkeypatch: pytest.MonkeyPatch, damage: Any, message: str
+) -> None:
+    real = DATASETS.get("synthetic")
+
+    def damaged(cfg: DataConfig) -> tuple[np.ndarray, ...]:
+        x, y, tx, ty = real.load(cfg)
+        return (*damage(x, y), tx, ty)
+
+    monkeypatch.setitem(DATASETS._items, "synthetic", replace(real, load=damaged))
+    with pytest.raises(DataError, match=message):
+        load_data(DataConfig(name="synthetic"))
 
 
 def rows(x: torch.Tensor) -> set[bytes]:

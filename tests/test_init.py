@@ -151,6 +151,7 @@ def test_fit_with_lambda_one_starts_from_the_teacher(tmp_path: Path) -> None:
     assert one["val_agreement"] == 1.0
     assert one["val_kl"] == pytest.approx(0.0, abs=1e-5)
     assert one["val_acc"] == one["teacher_val_acc"] > 0.7
+    assert one["train_agreement"] == 1.0 and one["val_logit_diff"] < 1e-4
     zero = fit(make_config(interp_config(tmp_path, 0.0))).final
     assert zero["val_acc"] < 0.4  # a random network
     assert zero["val_agreement"] < 0.5 and zero["val_kl"] > 0.5

@@ -11,8 +11,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from distill_core.config import PEER_METHODS, TEACHER_METHODS, Config, load_config, make_config
-from distill_core.data import Batch, Splits, load_data
+from distill_core import load_config, make_config
+from distill_core.config import Config
+from distill_core.data import Batch, Splits, batches, load_data
 from distill_core.errors import ConfigError
 from distill_core.methods import METHODS, Method
 from distill_core.teachers import TeacherStore, assistant_spec, teacher_spec
@@ -189,6 +190,9 @@ def test_teacher_epoch_selects_an_early_checkpoint(name: str, store: Path) -> No
         ({"method.name": "pcl", "method.peer_models": ["mlp", "mlp"]}, "set method.name=dml"),
         ({"method.name": "dml", "method.peer_models": ["mlp"]}, "make them agree"),
         ({"method.name": "dkel", "dkel.decay": "step"}, "dkel.decay"),
+        ({"method.name": "takd", "method.ta_model": "vgg"}, "set method.ta_model to one of"),
+        ({"method.name": "dml", "method.peer_models": ["mlp", "vgg"]}, "set method.peer_models"),
+        ({"method.name": "dml", "method.peers": 1, "method.peer_models": ["mlp"]}, "peers >= 2"),
     ],
 )
 def test_impossible_configs_are_one_line_errors(
@@ -197,6 +201,23 @@ def test_impossible_configs_are_one_line_errors(
     with pytest.raises(ConfigError) as err:
         config(tmp_path, **overrides)
     assert fix in str(err.value) and "\n" not in str(err.value)
+
+
+def test_only_a_method_module_compares_method_names() -> None:
+    """The config, the store and the trainer ask the method class what it needs."""
+    import re
+
+    names = "|".join(METHODS.names())
+    compare = re.compile(rf"""(==|!=|\bin)\s*[(\[{{]?\s*["']({names})["']""")
+    root = Path(__file__).resolve().parents[1] / "distill_core"
+    found = [
+        f"{path.relative_to(root)}:{i}: {line.strip()}"
+        for path in root.rglob("*.py")
+        if path.parent.name != "methods"
+        for i, line in enumerate(path.read_text().splitlines(), 1)
+        if compare.search(line)
+    ]
+    assert found == []
 
 
 @pytest.mark.parametrize("name", ["dml", "pcl", "dkel", "takd", "eskd"])
@@ -208,13 +229,35 @@ def test_example_configs_load(name: str) -> None:
 # --- every registered method end to end -----------------------------------------------------
 
 COMMON = ["train_loss", "lr", "epoch_time", "crashed", "val_acc", "val_nll", "val_ece"]
-WITH_TEACHER = ["val_agreement", "val_kl", "teacher_val_acc", "diff_t_s"]
+WITH_TEACHER = [
+    "val_agreement",
+    "val_kl",
+    "teacher_val_acc",
+    "val_acc_gap",
+    "val_logit_diff",
+    "train_agreement",
+    "train_pred_kl",
+]
 WITH_PEERS = ["peer0_val_acc", "peer1_val_acc", "val_acc_mean", "val_acc_std", "peer1_crashed"]
+
+
+def test_methods_declare_what_they_need() -> None:
+    declared = {name: METHODS.get(name) for name in METHODS.names()}
+    assert {n for n, m in declared.items() if m.needs_teacher} == {"kd", "eskd", "takd"}
+    assert {n for n, m in declared.items() if m.has_peers} == {"dml", "pcl", "dkel"}
+    assert {n: m.teacher_stages for n, m in declared.items() if m.teacher_stages} == {
+        "kd": ("teacher",),
+        "eskd": ("teacher",),
+        "takd": ("teacher", "assistant"),
+    }
+    for method in declared.values():  # a method distils from a stored network iff it names one
+        assert method.needs_teacher == bool(method.teacher_stages)
+        assert not (method.needs_teacher and method.has_peers)
 
 
 @pytest.mark.parametrize("name", METHODS.names())
 def test_every_method_trains_and_reports(name: str, store: Path) -> None:
-    assert METHODS.get(name).needs_teacher == (name in TEACHER_METHODS)
+    method = METHODS.get(name)
     # Keys a method does not read are ignored; these make every registered method valid.
     cfg = config(
         store, **{"method.name": name, "method.ta_model": "mlp", "method.kd_stop_epoch": 2}
@@ -223,9 +266,7 @@ def test_every_method_trains_and_reports(name: str, store: Path) -> None:
     assert result.status == "completed"
     first, last = result.history
     assert last["train_loss"] < first["train_loss"]
-    expected = (
-        COMMON + WITH_TEACHER * (name in TEACHER_METHODS) + WITH_PEERS * (name in PEER_METHODS)
-    )
+    expected = COMMON + WITH_TEACHER * method.needs_teacher + WITH_PEERS * method.has_peers
     for metrics in (first, last, result.final):
         assert set(expected) <= set(metrics), set(expected) - set(metrics)
     # Well above chance (0.1); takd's 2-epoch mlp assistant is the weakest teacher here.

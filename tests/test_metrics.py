@@ -1,4 +1,5 @@
-"""Accuracy, NLL, ECE (15 equal-width bins), top-1 agreement and predictive KL on hand-made inputs."""
+"""Accuracy, NLL, ECE (15 equal-width bins), top-1 agreement, predictive KL, collapse diagnostics
+and the crash rule, on hand-made inputs."""
 
 from __future__ import annotations
 
@@ -6,14 +7,18 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from distill_core.metrics import (
     accuracy,
     agreement,
     classification_metrics,
+    crash_flags,
     ece,
+    logit_std,
     nll,
     predictive_kl,
+    top_class_share,
 )
 
 
@@ -101,12 +106,123 @@ def test_classification_metrics_keys_and_values(prefix: str) -> None:
     y = torch.tensor([0, 1, 0])
     teacher = two_class([0.9, 0.9, 0.9], [0, 1, 0])
     plain = classification_metrics(logits, y, prefix=prefix)
-    assert set(plain) == {f"{prefix}acc", f"{prefix}nll", f"{prefix}ece"}
+    assert set(plain) == {
+        f"{prefix}{k}" for k in ("acc", "nll", "ece", "top_class_share", "logit_std")
+    }
+    assert plain[f"{prefix}top_class_share"] == pytest.approx(2 / 3)  # class 1 twice of three
+    assert plain[f"{prefix}logit_std"] == pytest.approx(
+        (math.log(9) + math.log(4) + math.log(1.5)) / 2 / 3  # |z1 - z0| / 2 per row
+    )
     full = classification_metrics(logits, y, teacher, prefix=prefix)
-    assert set(full) == set(plain) | {f"{prefix}agreement", f"{prefix}kl"}
+    assert set(full) == set(plain) | {f"{prefix}agreement", f"{prefix}kl", f"{prefix}logit_diff"}
+    assert full[f"{prefix}logit_diff"] == pytest.approx((logits - teacher).abs().mean().item())
     assert full[f"{prefix}acc"] == pytest.approx(2 / 3)
     assert full[f"{prefix}agreement"] == pytest.approx(2 / 3)
     assert full[f"{prefix}nll"] == pytest.approx(
         -(math.log(0.9) + math.log(0.8) + math.log(0.4)) / 3, rel=1e-5
     )
     assert full[f"{prefix}kl"] > 0
+
+
+# --- collapse diagnostics and the crash rule (seed 000) ---------------------------------------
+
+N, C = 200, 10
+Y = torch.arange(N) % C  # balanced labels
+
+
+def healthy(accuracy: float, seed: int = 0) -> torch.Tensor:
+    """Confident logits, right on the first ``accuracy * N`` examples, spread over all classes."""
+    g = torch.Generator().manual_seed(seed)
+    pred = Y.clone()
+    wrong = torch.arange(N) >= round(accuracy * N)
+    pred[wrong] = (Y[wrong] + 1 + torch.randint(0, C - 1, (int(wrong.sum()),), generator=g)) % C
+    return torch.randn(N, C, generator=g) + 5.0 * F.one_hot(pred, C)
+
+
+def one_class(share: float) -> torch.Tensor:
+    """Confident logits predicting class 3 for the first ``share * N`` examples, the truth after."""
+    pred = torch.where(torch.arange(N) < round(share * N), torch.tensor(3), Y)
+    return torch.randn(N, C, generator=torch.Generator().manual_seed(1)) + 5.0 * F.one_hot(pred, C)
+
+
+def near_constant() -> torch.Tensor:
+    """Seed 002's collapse: every row nearly constant; the tiny noise spreads the argmax."""
+    g = torch.Generator().manual_seed(2)
+    return torch.randn(N, 1, generator=g) + 1e-5 * torch.randn(N, C, generator=g)
+
+
+def val(logits: torch.Tensor, prefix: str = "") -> dict[str, float]:
+    return {prefix + k: v for k, v in classification_metrics(logits, Y, prefix="val_").items()}
+
+
+def test_diagnostics_on_hand_made_logits() -> None:
+    assert top_class_share(one_class(0.95)) == pytest.approx(0.95 + 0.05 / C)
+    assert top_class_share(healthy(0.9)) < 0.2
+    assert logit_std(near_constant()) < 1e-4 and top_class_share(near_constant()) < 0.3
+    assert logit_std(torch.tensor([[1.0, 3.0], [2.0, 2.0]])) == pytest.approx(0.5)
+    assert logit_std(healthy(0.9)) > 1.0
+
+
+@pytest.mark.parametrize(
+    ("logits", "earlier", "crashed"),
+    [
+        (one_class(0.95), [], True),  # one class for nearly every image, whatever the accuracy
+        (one_class(0.85), [], False),
+        (near_constant(), [], True),  # zero logits
+        (healthy(0.1), [{"val_acc": 0.6}], True),  # back at chance after 0.6: a collapse
+        (healthy(0.11), [{"val_acc": 0.3}, {"val_acc": 0.15}], True),
+        (healthy(0.1), [{"val_acc": 0.15}], False),  # slow warm-up, never clearly above chance
+        (healthy(0.1), [], False),
+        (healthy(0.13), [{"val_acc": 0.9}], False),  # 3 points above chance
+        (healthy(0.9), [{"val_acc": 0.95}], False),
+    ],
+)
+def test_crash_rule_mid_run(
+    logits: torch.Tensor, earlier: list[dict[str, float]], crashed: bool
+) -> None:
+    assert crash_flags(val(logits), C, earlier) == {"": crashed}
+
+
+def test_at_the_end_chance_is_a_crash_whatever_came_before() -> None:
+    slow = val(healthy(0.1))
+    assert crash_flags(slow, C, [{"val_acc": 0.12}]) == {"": False}
+    assert crash_flags(slow, C, [{"val_acc": 0.12}], final=True) == {"": True}
+    assert crash_flags(val(healthy(0.5)), C, [], final=True) == {"": False}
+    assert crash_flags(val(one_class(0.95)), C, [], final=True) == {"": True}
+
+
+def test_each_peer_is_judged_on_its_own_metrics_and_history() -> None:
+    metrics = {
+        **val(healthy(0.8), "peer0_"),
+        **val(healthy(0.1, seed=3), "peer1_"),
+        **val(near_constant(), "peer2_"),
+        **val(healthy(0.8)),
+    }
+    earlier = [{"peer0_val_acc": 0.7, "peer1_val_acc": 0.5, "peer2_val_acc": 0.5}]
+    assert crash_flags(metrics, C, earlier) == {
+        "": False,
+        "peer0_": False,
+        "peer1_": True,
+        "peer2_": True,
+    }
+
+
+@pytest.mark.parametrize(
+    ("metrics", "classes", "flags"),
+    [
+        ({"val_acc": 0.1}, 10, {"": True}),
+        ({"val_acc": 0.12}, 10, {"": True}),
+        ({"val_acc": 0.125}, 10, {"": False}),
+        ({"val_acc": 0.01}, 100, {"": True}),
+        ({"val_acc": 0.05}, 100, {"": False}),
+        (
+            {"val_acc": 0.9, "peer0_val_acc": 0.9, "peer1_val_acc": 0.1, "val_acc_mean": 0.5},
+            10,
+            {"": False, "peer0_": False, "peer1_": True},
+        ),
+    ],
+)
+def test_chance_margin_at_the_end(
+    metrics: dict[str, float], classes: int, flags: dict[str, bool]
+) -> None:
+    assert crash_flags(metrics, classes, final=True) == flags

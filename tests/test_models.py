@@ -1,12 +1,19 @@
-"""Every registered model: shapes for 1 and 3 channels, small-image stems, sizes from the papers."""
+"""Every registered model: shapes for 1 and 3 channels, small-image stems, sizes from the papers,
+heads, pretrained weights and freezing."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 import torch.nn as nn
+import torchvision
 
-from distill_core.config import ConfigError
+from distill_core import METHODS, Method, fit, load_data, make_config
+from distill_core.config import Config
+from distill_core.errors import ConfigError
 from distill_core.models import MODELS, CifarResNet, build_model
 
 DESIGN_MODELS = {
@@ -133,3 +140,137 @@ def test_cnn_small_is_three_conv_bn_blocks() -> None:
     convs = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
     assert convs == [16, 32, 64]
     assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == 3
+
+
+# --- heads, pretrained weights, freezing (seed 001) ------------------------------------------
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_every_model_declares_its_classifier_head(name: str) -> None:
+    net = build_model(name, 1, 7, 8)
+    head = MODELS.get(name).head(net)
+    assert isinstance(head, nn.Linear) and head.out_features == 7
+    assert any(p is head.weight for p in net.parameters())
+
+
+def digits_config(tmp_path: Path, **model: Any) -> Config:
+    return make_config(
+        {
+            "data": {"name": "digits"},
+            "model": {"name": "mlp", **model},
+            "optim": {"lr": 0.05},
+            "run": {"epochs": 1, "batch_size": 64, "device": "cpu", "teacher_store": str(tmp_path)},
+        }
+    )
+
+
+def student(cfg: Config, seed: int = 0) -> Method:
+    torch.manual_seed(seed)
+    return METHODS.get(cfg.method.name)(cfg, load_data(cfg.data), torch.device("cpu"), None)
+
+
+def test_a_state_dict_file_is_loaded_exactly(tmp_path: Path) -> None:
+    torch.manual_seed(5)
+    saved = build_model("mlp", 1, 10, 8).state_dict()
+    torch.save(saved, tmp_path / "mlp.pt")
+    method = student(digits_config(tmp_path, pretrained=str(tmp_path / "mlp.pt")))
+    loaded = method.nets[0].state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in saved.items())
+    assert method.notes == []
+    fresh = student(digits_config(tmp_path)).nets[0].state_dict()
+    assert not torch.equal(fresh["1.weight"], saved["1.weight"])
+
+
+def test_a_classifier_for_other_classes_is_skipped_and_the_skip_logged(tmp_path: Path) -> None:
+    torch.manual_seed(5)
+    saved = build_model("mlp", 1, 3, 8).state_dict()  # a 3-class head; digits has 10
+    torch.save(saved, tmp_path / "mlp3.pt")
+    cfg = digits_config(tmp_path, pretrained=str(tmp_path / "mlp3.pt"))
+    method = student(cfg, seed=1)
+    net = method.nets[0].state_dict()
+    assert torch.equal(net["1.weight"], saved["1.weight"]) and net["5.weight"].shape == (10, 128)
+    assert torch.equal(net["5.weight"], student(digits_config(tmp_path), seed=1).nets[0][-1].weight)
+    assert [n.split(" (")[0] for n in method.notes] == [
+        "pretrained mlp3.pt: skipped 5.weight",
+        "pretrained mlp3.pt: skipped 5.bias",
+    ]
+    lines: list[str] = []
+    fit(cfg, log=lines.append)
+    assert lines == method.notes
+
+
+TORCHVISION_FILE = "resnet18-f37072fd.pth"  # torchvision.models.ResNet18_Weights.DEFAULT
+
+
+def test_torchvision_weights_come_from_the_hub_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    checkpoints = tmp_path / "torch" / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    torch.manual_seed(3)
+    imagenet = torchvision.models.resnet18().state_dict()  # 7x7 RGB stem, 1000 classes
+    torch.save(imagenet, checkpoints / TORCHVISION_FILE)
+    method = student(digits_config(tmp_path, name="resnet18", pretrained="torchvision"))
+    net = method.nets[0].state_dict()
+    for key in ("layer1.0.conv1.weight", "layer4.1.bn2.running_var", "bn1.weight"):
+        assert torch.equal(net[key], imagenet[key]), key
+    skipped = {n.split("skipped ")[1].split(" ")[0] for n in method.notes}
+    assert skipped == {"conv1.weight", "fc.weight", "fc.bias"}  # small-image stem, 10 classes
+
+
+@pytest.mark.parametrize(
+    ("model", "pretrained", "message"),
+    [
+        ("resnet18", "torchvision", "hub/checkpoints/resnet18-f37072fd.pth is missing"),
+        ("mlp", "torchvision", "mlp has no torchvision weights (only resnet18, resnet50)"),
+        ("mlp", "nowhere.pt", "model.pretrained: weights file nowhere.pt does not exist"),
+    ],
+)
+def test_missing_weights_are_a_one_line_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model: str, pretrained: str, message: str
+) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as err:
+        student(digits_config(tmp_path, name=model, pretrained=pretrained))
+    assert message in str(err.value) and "\n" not in str(err.value)
+    if pretrained == "torchvision" and model == "resnet18":
+        assert "never downloaded" in str(err.value) and "TORCH_HOME" in str(err.value)
+
+
+def test_weights_of_another_architecture_or_not_tensors_are_refused(tmp_path: Path) -> None:
+    torch.save(build_model("cnn_small", 1, 10, 8).state_dict(), tmp_path / "cnn.pt")
+    with pytest.raises(
+        ConfigError,
+        match=r"does not fit .*missing: 3.weight, 3.bias; unexpected: 0.weight, 1.running_mean",
+    ):
+        student(digits_config(tmp_path, pretrained=str(tmp_path / "cnn.pt")))
+    torch.save({"weights": [1, 2]}, tmp_path / "odd.pt")
+    with pytest.raises(ConfigError, match="is not a state dict of plain tensors"):
+        student(digits_config(tmp_path, pretrained=str(tmp_path / "odd.pt")))
+
+
+def test_freeze_trains_only_the_head_and_keeps_frozen_batch_norm_statistics(
+    tmp_path: Path,
+) -> None:
+    cfg = digits_config(tmp_path, name="cnn_small", freeze=True)
+    before = student(cfg).nets[0].state_dict()  # fit draws the initial weights from run.seed too
+    states: list[dict[str, Any]] = []
+    result = fit(cfg, on_epoch=lambda r: states.append(r.state()))
+    after = states[-1]["method"]["nets"][0]
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"13.weight", "13.bias"}  # the head; BN statistics included in the rest
+    assert len(result.history) == 1
+    assert len(states[-1]["optimizers"][0]["state"]) == 2  # only the head is optimised
+
+
+def test_frozen_batch_norm_layers_stay_in_eval_mode(tmp_path: Path) -> None:
+    method = student(digits_config(tmp_path, name="cnn_small", freeze=True))
+    method.train()
+    net = method.nets[0]
+    assert net.training and net[-1].training
+    assert [m.training for m in net.modules() if isinstance(m, nn.BatchNorm2d)] == [False] * 3
+    unfrozen = student(digits_config(tmp_path, name="cnn_small"))
+    unfrozen.train()
+    assert all(m.training for m in unfrozen.nets[0].modules())

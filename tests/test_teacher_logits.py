@@ -1,4 +1,4 @@
-"""The teacher-logit cache: computed once per teacher and data, reused from memory and disk, never stale."""
+"""The teacher-logit cache: computed once per teacher and data, stored in the teacher store, never stale."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 import distill_core.teacher_logits as teacher_logits
-from distill_core import FitResult, TeacherStore, fit, load_data, make_config
+from distill_core import FitResult, TeacherStore, fit, fit_epochs, load_data, make_config
 from distill_core.config import Config
 from distill_core.data import Batch
 from distill_core.methods import METHODS
@@ -37,7 +37,7 @@ def config(store: Path, **overrides: Any) -> Config:
 def trained_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A store holding the teacher (no logits), trained once for the module."""
     root = tmp_path_factory.mktemp("store")
-    TeacherStore(root).ensure(teacher_spec(config(root)))
+    TeacherStore(root).ensure(teacher_spec(config(root)), train=fit_epochs)
     return root
 
 
@@ -50,8 +50,7 @@ def store(trained_store: Path, tmp_path: Path) -> Path:
 
 @pytest.fixture
 def predictions(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Rows the cache computed teacher logits for, per computation; the memory cache starts empty."""
-    monkeypatch.setattr(teacher_logits, "_memory", type(teacher_logits._memory)())
+    """Rows the cache computed teacher logits for, per computation."""
     rows: list[int] = []
     real = teacher_logits.predict
 
@@ -113,9 +112,7 @@ def test_cached_and_per_batch_logits_both_come_from_the_eval_mode_teacher(
     assert not any(tmp_path.iterdir())
 
 
-def test_logits_are_stored_once_and_reused_from_memory_then_disk(
-    store: Path, predictions: list[int]
-) -> None:
+def test_logits_are_stored_once_and_reused_from_disk(store: Path, predictions: list[int]) -> None:
     cfg = config(store, **{"run.epochs": 1})
     data = load_data(cfg.data)
     first = fit(cfg)
@@ -126,9 +123,8 @@ def test_logits_are_stored_once_and_reused_from_memory_then_disk(
     teacher = TeacherStore(store).load(teacher_spec(cfg), 2, data, torch.device("cpu"))
     torch.testing.assert_close(saved, predict(teacher, data.train_x, 1024))
 
-    close_histories(fit(cfg), first, tol=0)  # from memory
-    teacher_logits._memory.clear()
     close_histories(fit(cfg), first, tol=0)  # from disk
+    close_histories(fit(cfg), first, tol=0)
     assert len(predictions) == 1 and logit_files(store, cfg) == [path]
 
 
@@ -150,7 +146,6 @@ def test_a_damaged_file_is_recomputed_and_rewritten(
     (path,) = logit_files(store, cfg)
     good = torch.load(path, weights_only=True)
     damage(path)
-    teacher_logits._memory.clear()
     close_histories(fit(cfg), first, tol=0)
     assert len(predictions) == 2
     torch.testing.assert_close(torch.load(path, weights_only=True), good, rtol=0, atol=0)
@@ -200,8 +195,8 @@ def test_augmented_data_runs_the_teacher_on_every_batch(
     assert result.status == "completed" and predictions == []
     data = load_data(cfg.data)
     n = len(data.train_y)
-    # val and test once, before training; then every training batch
-    sizes = [len(data.val_y), len(data.test_y), *[50] * (n // 50), n % 50]
+    # the fidelity rows (train[:1024]), val and test once, before training; then every batch
+    sizes = [min(1024, n), len(data.val_y), len(data.test_y), *[50] * (n // 50), n % 50]
     assert [size for size, _ in seen] == sizes
     assert not any(training for _, training in seen)
     assert not logit_files(tmp_path, cfg)

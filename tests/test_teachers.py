@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 import torch
 
-from distill_core import TeacherError, UserError, fit, load_data, make_config
+from distill_core import TeacherError, UserError, fit, fit_epochs, load_data, make_config
 from distill_core.config import Config, ConfigError
-from distill_core.teachers import TeacherStore, store_key, teacher_spec
+from distill_core.teachers import TeacherStore, required_teachers, store_key, teacher_spec
 
 PYTHON = sys.executable
 
@@ -72,7 +72,7 @@ def snapshot(folder: Path) -> dict[str, tuple[int, str]]:
 def trained_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A store holding the default 2-epoch teacher, trained once for this module."""
     root = tmp_path_factory.mktemp("store")
-    TeacherStore(root).ensure(teacher_spec(config(root)))
+    TeacherStore(root).ensure(teacher_spec(config(root)), train=fit_epochs)
     return root
 
 
@@ -315,7 +315,7 @@ def test_three_processes_train_the_teacher_once(tmp_path: Path) -> None:
 KILLED = """
 import json, sys, time
 from pathlib import Path
-from distill_core import make_config
+from distill_core import fit_epochs, make_config
 from distill_core.teachers import TeacherStore, teacher_spec
 
 cfg = make_config(json.loads(sys.argv[1]))
@@ -325,7 +325,7 @@ def log(line):
     if line.startswith("  teacher epoch 2:"):  # epoch 1 is saved, epoch 2 is about to be
         time.sleep(600)
 
-TeacherStore(cfg.run.teacher_store).ensure(teacher_spec(cfg), log=log)
+TeacherStore(cfg.run.teacher_store).ensure(teacher_spec(cfg), train=fit_epochs, log=log)
 """
 
 
@@ -384,3 +384,65 @@ def test_a_diverged_teacher_is_reported_as_such(tmp_path: Path) -> None:
     with pytest.raises(TeacherError, match="diverged"):
         fit(cfg, log=notes.append)
     assert trained(notes) == 0  # stored as diverged: not retrained on every request
+
+
+def test_teacher_pretrained_and_freeze_train_the_teacher_and_key_it_by_content(
+    tmp_path: Path,
+) -> None:
+    from distill_core.models import build_model
+
+    torch.manual_seed(0)
+    weights = build_model("mlp", 1, 10, 8).state_dict()
+    torch.save(weights, tmp_path / "a.pt")
+    shutil.copy(tmp_path / "a.pt", tmp_path / "b.pt")
+    store = tmp_path / "store"
+    cfg = config(store, pretrained=str(tmp_path / "a.pt"), freeze=True)
+    spec = teacher_spec(cfg)
+    assert (spec.model.pretrained, spec.model.freeze) == (str(tmp_path / "a.pt"), True)
+    same_file = store_key(
+        teacher_spec(config(store, pretrained=str(tmp_path / "b.pt"), freeze=True))
+    )
+    assert store_key(spec) == same_file  # weights are named by content, not by path
+    assert store_key(spec) != store_key(
+        teacher_spec(config(store, pretrained=str(tmp_path / "a.pt")))
+    )
+    assert store_key(spec) != key(store, [])
+    torch.save({k: v + 1 for k, v in weights.items()}, tmp_path / "b.pt")
+    other = store_key(teacher_spec(config(store, pretrained=str(tmp_path / "b.pt"), freeze=True)))
+    assert other != same_file
+
+    _, lines = run(cfg)
+    assert trained(lines) == 1
+    folder = TeacherStore(store).path(spec)
+    stored = torch.load(folder / "epoch_0002.pt", weights_only=True)
+    assert all(torch.equal(stored[k], weights[k]) for k in ("1.weight", "3.bias"))  # frozen
+    assert not torch.equal(stored["5.weight"], weights["5.weight"])  # the head learned
+
+
+def test_a_missing_teacher_weights_file_names_teacher_pretrained(tmp_path: Path) -> None:
+    cfg = config(tmp_path, pretrained=str(tmp_path / "none.pt"))
+    with pytest.raises(
+        ConfigError, match="teacher.pretrained: weights file .*none.pt does not exist"
+    ):
+        run(cfg)
+
+
+def test_a_shortened_teacher_is_its_own_entry_trained_to_completion(tmp_path: Path) -> None:
+    schedule = {"name": "step", "milestones": [2, 4], "warmup_epochs": 0}
+    snapshot = config(tmp_path, epochs=6, epoch=3, schedule=schedule)
+    shortened = config(tmp_path, epochs=6, epoch=3, schedule=schedule, early_stop="shortened")
+    (short,) = required_teachers(shortened)
+    (snap,) = required_teachers(snapshot)
+    assert (short.epoch, short.save_epochs, short.spec.run.epochs) == (3, [3], 3)
+    assert short.spec.schedule.milestones == [1, 2]  # 2 and 4 of 6 epochs, scaled to 3
+    assert (snap.epoch, snap.spec.run.epochs, snap.spec.schedule.milestones) == (3, 6, [2, 4])
+    assert store_key(short.spec) != store_key(snap.spec)
+    # Not early (teacher.epoch is the last): both kinds are the same full run.
+    full = config(tmp_path, epochs=6, schedule=schedule, early_stop="shortened")
+    assert store_key(teacher_spec(full)) == store_key(snap.spec)
+
+    final, lines = run(config(tmp_path, epochs=3, epoch=1, early_stop="shortened"))
+    assert trained(lines) == 1
+    meta = TeacherStore(tmp_path).entries()[0]
+    assert meta["config"]["run"]["epochs"] == 1 and list(meta["epochs"]) == ["1"]
+    assert final["teacher_val_acc"] == pytest.approx(meta["final"]["val_acc"], abs=1e-7)

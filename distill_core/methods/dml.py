@@ -15,15 +15,33 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from distill_core.config import Config
 from distill_core.data import Batch
 from distill_core.losses import kd_kl
 from distill_core.methods import METHODS, step
 from distill_core.methods.online import Peers, forward_keeping_stats
+from distill_core.models import MODELS
 
 
 @METHODS.register("dml")
 class DML(Peers):
     """Deep mutual learning: CE plus the mean KL to every other peer, peers updated in turn."""
+
+    has_peers = True
+
+    @classmethod
+    def check(cls, cfg: Config) -> None:
+        """Like every peer method, and ``method.peer_models`` (if set) names one model per peer."""
+        m = cfg.method
+        if m.peer_models is not None:
+            if len(m.peer_models) != m.peers:
+                raise ValueError(
+                    f"method.peer_models lists {len(m.peer_models)} models for method.peers={m.peers}; make them agree"
+                )
+            for name in m.peer_models:
+                MODELS.get(name, key="method.peer_models")
+            m = m.model_copy(update={"peer_models": None})  # checked here, not refused below
+        super().check(cfg.model_copy(update={"method": m}))
 
     def train_step(
         self, batch: Batch, epoch: int, optimizers: list[torch.optim.Optimizer]

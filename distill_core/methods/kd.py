@@ -17,6 +17,7 @@ from distill_core.config import Config
 from distill_core.data import Batch, Splits
 from distill_core.losses import loss_weights, weighted_loss
 from distill_core.methods import METHODS, Method, step
+from distill_core.models import MODELS
 from distill_core.teacher_logits import train_logits
 
 
@@ -28,6 +29,7 @@ class KD(Method):
     """
 
     needs_teacher = True
+    teacher_stages = ("teacher",)
 
     def __init__(
         self, cfg: Config, data: Splits, device: torch.device, teacher: nn.Module | None
@@ -72,6 +74,14 @@ class KD(Method):
 class ESKD(KD):
     """KD until ``method.kd_stop_epoch`` epochs are done, cross-entropy alone afterwards."""
 
+    @classmethod
+    def check(cls, cfg: Config) -> None:
+        super().check(cfg)
+        if cfg.method.kd_stop_epoch is None:
+            raise ValueError(
+                "method eskd needs method.kd_stop_epoch; set it to the epoch after which KD stops"
+            )
+
     def kd_weights(self, epoch: int) -> dict[str, float]:
         stop = self.cfg.method.kd_stop_epoch
         if stop is not None and epoch >= stop:
@@ -82,3 +92,14 @@ class ESKD(KD):
 @METHODS.register("takd")
 class TAKD(KD):
     """KD from a teacher assistant (method.ta_model) that was itself distilled from the teacher."""
+
+    teacher_stages = ("teacher", "assistant")
+
+    @classmethod
+    def check(cls, cfg: Config) -> None:
+        super().check(cfg)
+        if cfg.method.ta_model is None:
+            raise ValueError(
+                "method takd needs a teacher assistant; set method.ta_model (e.g. resnet20)"
+            )
+        MODELS.get(cfg.method.ta_model, key="method.ta_model")

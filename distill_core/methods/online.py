@@ -53,6 +53,8 @@ class Peers(Method):
 
     has_peers = True
 
+    has_peers = True
+
     def architectures(self) -> list[str]:
         return self.cfg.method.peer_models or [self.cfg.model.name] * self.cfg.method.peers
 

@@ -13,7 +13,7 @@ from distill_core.config import DataConfig
 
 def mnist5k_images(n: int) -> tuple[np.ndarray, np.ndarray]:
     """The first ``n`` MNIST-5k training images as uint8 ``N,H,W,C`` (how torchvision keeps them), labels."""
-    x, y, _, _ = DATASETS.get("mnist5k")(DataConfig(name="mnist5k"))
+    x, y, _, _ = DATASETS.get("mnist5k").load(DataConfig(name="mnist5k"))
     images = np.round(x[:n] * 255).astype(np.uint8).transpose(0, 2, 3, 1)
     return np.ascontiguousarray(images), y[:n]
 

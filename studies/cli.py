@@ -16,6 +16,7 @@ import click
 
 from analysis.cli import export, report, ui
 from distill_core import (
+    DATASETS,
     METHODS,
     Config,
     EpochReport,
@@ -79,7 +80,7 @@ def epoch_line(report: EpochReport, epochs: int) -> str:
         parts.append(f"peers {m['val_acc_mean']:.4f}±{m['val_acc_std']:.4f}")
     parts += [f"lr {m['lr']:.4g}", f"{m['epoch_time']:.1f}s"]
     if m.get("crashed"):
-        parts.append("CRASHED (val acc at chance)")
+        parts.append("CRASHED (collapsed: at chance, one class or constant logits)")
     return "  ".join(parts)
 
 
@@ -126,7 +127,9 @@ def summary_lines(status: str, final: dict[str, float]) -> list[str]:
 @click.option(
     "--data-dir",
     default=None,
-    help="Folder of an on-disk data set (fashion_mnist, cifar10, cifar100): data.dir.",
+    help="Folder of an on-disk data set ("
+    + ", ".join(n for n in DATASETS.names() if not DATASETS.get(n).embedded)
+    + "): data.dir.",
 )
 @click.option(
     "--tracking-uri",

@@ -85,7 +85,7 @@ def test_train_prints_epochs_and_summary_and_records_the_run_in_mlflow(tmp_path:
         assert part in epochs[1]
     assert any(ln.startswith("training mlp teacher") for ln in out)
     assert out[-2] == "status: completed"
-    assert "test_acc " in out[-1] and "teacher_test_acc " in out[-1] and "diff_t_s " in out[-1]
+    assert "test_acc " in out[-1] and "teacher_test_acc " in out[-1] and "val_logit_diff " in out[-1]
     val_acc = float(epochs[1].split("val_acc ")[1].split()[0])
     assert val_acc > 0.7
 
@@ -291,5 +291,5 @@ def test_epoch_line_flags_a_crash() -> None:
     metrics = {"train_loss": 2.3, "val_acc": 0.1, "lr": 0.05, "epoch_time": 1.25, "crashed": 1.0}
     line = epoch_line(EpochReport(3, metrics, dict), 10)
     assert line.startswith("epoch   3/10  loss 2.3000  val_acc 0.1000  lr 0.05  1.2s")
-    assert line.endswith("CRASHED (val acc at chance)")
+    assert line.endswith("CRASHED (collapsed: at chance, one class or constant logits)")
     assert "CRASHED" not in epoch_line(EpochReport(3, {**metrics, "crashed": 0.0}, dict), 10)

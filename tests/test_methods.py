@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from distill_core import load_config, make_config
 from distill_core.config import Config
-from distill_core.data import Batch, Splits, batches, load_data
+from distill_core.data import Batch, Splits, load_data
 from distill_core.errors import ConfigError
 from distill_core.methods import METHODS, Method
 from distill_core.teachers import TeacherStore, assistant_spec, teacher_spec

@@ -11,8 +11,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from distill_core import make_config
 from distill_core.branches import SPLITS, build_branches
-from distill_core.config import Config, DKELConfig, make_config
+from distill_core.config import Config, DKELConfig
 from distill_core.data import Batch, Splits, load_data
 from distill_core.errors import ConfigError
 from distill_core.methods import METHODS
@@ -26,7 +27,7 @@ from distill_core.methods.online import (
     rampup_weight,
 )
 from distill_core.methods.pcl import peer_mean_term
-from distill_core.models import MODELS
+from distill_core.models import MODELS, ModelSpec
 from distill_core.trainer import EpochReport, fit
 
 CPU = torch.device("cpu")
@@ -305,23 +306,17 @@ def test_the_registered_models_of_the_brief_have_splits() -> None:
     assert {"cnn_small", "mlp"} <= set(SPLITS)
 
 
-def test_a_model_without_a_split_is_a_one_line_config_error(
-    synthetic: Splits, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setitem(
-        MODELS._items,
-        "linear",
-        lambda c, k, s: nn.Sequential(nn.Flatten(), nn.Linear(c * s * s, k)),
-    )
-    cfg = config(**{"model.name": "linear", "method.name": "dkel"})
+def test_a_model_without_a_split_is_a_one_line_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    def linear(c: int, k: int, s: int) -> nn.Module:
+        return nn.Sequential(nn.Flatten(), nn.Linear(c * s * s, k))
+
+    monkeypatch.setitem(MODELS._items, "linear", ModelSpec("linear", linear, lambda n: n[1], None))
+    # make_config asks the method (check), so the config is refused before anything is built
     with pytest.raises(ConfigError) as err:
-        METHODS.get("dkel").check(cfg)
+        config(**{"model.name": "linear", "method.name": "dkel"})
     assert "set model.name to one of" in str(err.value) and "\n" not in str(err.value)
-    with pytest.raises(ConfigError):
-        build(cfg, synthetic)
-    interpolated = config(**{"init.interp_lambda": 0.5, "teacher.model": "mlp"})
     with pytest.raises(ConfigError, match="remove init.interp_lambda"):
-        METHODS.get("pcl").check(interpolated)
+        config(**{"init.interp_lambda": 0.5, "teacher.model": "mlp"})
 
 
 def test_trunk_runs_once_without_augmentation_and_once_per_view_with(synthetic: Splits) -> None:

@@ -53,8 +53,6 @@ class Peers(Method):
 
     has_peers = True
 
-    has_peers = True
-
     def architectures(self) -> list[str]:
         return self.cfg.method.peer_models or [self.cfg.model.name] * self.cfg.method.peers
 
@@ -137,6 +135,7 @@ class BranchMethod(Method):
     @classmethod
     def check(cls, cfg: Config) -> None:
         """Raise ``ConfigError`` for a model without a trunk/branch cut, or a student initialisation."""
+        super().check(cfg)
         check_split(cfg.model.name, cfg.method.name)
         if cfg.init.interp_lambda is not None:
             raise ConfigError(

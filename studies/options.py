@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 from distill_core import UserError
-from studies.spaces import SAMPLERS, SCHEDULERS, SearchSpace
+from studies.spaces import SAMPLERS, SCALES, SCHEDULERS, SearchSpace
 
 SAMPLER_SEED = 0  # the default --sampler-seed: a study's sequence of configs is reproducible
 SMOKE_TRIALS = 3
@@ -38,6 +38,7 @@ class StudyOptions:
     name: str | None = None
     resume: bool = False
     smoke_test: bool = False
+    scale: str = "paper"
     overrides: tuple[str, ...] = ()
 
     def command(self) -> str:
@@ -50,7 +51,7 @@ class StudyOptions:
             ("--scheduler", self.scheduler), ("--cpus-per-trial", self.cpus_per_trial),
             ("--gpus-per-trial", self.gpus_per_trial or None), ("--max-concurrent", self.max_concurrent),
             ("--max-failures", self.max_failures), ("--tracking-uri", without_password(self.tracking_uri)),
-            ("--storage", self.storage),
+            ("--storage", self.storage), ("--scale", None if self.scale == "paper" else self.scale),
         ]:  # fmt: skip
             if value is not None:
                 args += [flag, str(value)]
@@ -136,6 +137,12 @@ def resolve(o: StudyOptions, space: SearchSpace) -> Settings:
         raise UserError(
             f"--gpus-per-trial {o.gpus_per_trial} is not possible; use a fraction up to 1 "
             "(0.25 packs four trials per GPU) or a whole number"
+        )
+    if o.scale not in SCALES:
+        raise UserError(f"unknown scale {o.scale!r}; use --scale {' | '.join(SCALES)}")
+    if o.scale == "laptop" and not space.laptop:
+        raise UserError(
+            f"{space.name} has no laptop scale (LAPTOP); drop --scale laptop or use --dataset/--epochs"
         )
     if o.max_failures < 0:
         raise UserError(f"--max-failures must be at least 0, got {o.max_failures}; pass 0 or more")

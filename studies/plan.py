@@ -20,6 +20,7 @@ from studies.options import Settings, StudyOptions
 from studies.spaces import SearchSpace
 
 SMOKE_EPOCHS = 2
+ARM = "arm"  # the label of a preset's arms: sampled, it names the overrides space() returns
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ def overrides(sampled: dict[str, Any]) -> dict[str, Any]:
 
 
 def build(o: StudyOptions, space: SearchSpace, settings: Settings, teacher_store: str) -> Plan:
-    """The plan of a study: the space's BASE, then the CLI's options, then --set."""
+    """The plan of a study: the space's BASE (at ``--scale``), then the CLI's options, then --set."""
     cli: dict[str, Any] = {
         "run.device": "cuda" if o.gpus_per_trial > 0 else "cpu",
         "run.teacher_store": teacher_store,
@@ -63,14 +64,15 @@ def build(o: StudyOptions, space: SearchSpace, settings: Settings, teacher_store
         cli["data.dir"] = str(Path(o.data_dir).expanduser().resolve())
     threads = max(1, int(o.cpus_per_trial))
     cli["run.threads"] = threads  # recorded, so that an exported config re-runs bit for bit
-    base = apply_overrides(apply_overrides(space.base, cli), list(o.overrides))
+    base = apply_overrides(apply_overrides(space.base_at(o.scale), cli), list(o.overrides))
     first = base.get("run", {}).get("seed", Config().run.seed)
+    epochs = o.epochs or (space.laptop_epochs if o.scale == "laptop" else None)
     return Plan(
         base=base,
         seeds=tuple(range(first, first + settings.seeds)),
         threads=threads,
         objectives=tuple(m for m, _ in space.objectives),
-        epochs=o.epochs,
+        epochs=epochs,
         smoke=o.smoke_test,
     )
 

@@ -10,7 +10,7 @@ import sys
 import click
 
 from distill_core import DATASETS
-from studies.spaces import SAMPLERS, SCHEDULERS, list_spaces
+from studies.spaces import SAMPLERS, SCALES, SCHEDULERS, list_spaces
 
 
 @click.command()
@@ -108,6 +108,14 @@ from studies.spaces import SAMPLERS, SCHEDULERS, list_spaces
     "--smoke-test",
     is_flag=True,
     help="Shrink the study to seconds: synthetic data, MLPs, 2 epochs, 3 trials.",
+)
+@click.option(
+    "--scale",
+    type=click.Choice(SCALES),
+    default="paper",
+    show_default=True,
+    help="A seed preset at its paper's scale, or at laptop scale (embedded data, small models, "
+    "the whole schedule shortened).",
 )
 @click.option(
     "--set",

@@ -15,6 +15,11 @@ Optional: ``OBJECTIVES`` (``[(metric, mode), ...]`` for ``--sampler nsga2``), ``
 arms must run their full schedule, else ``asha``) and ``PRESET`` (which seed paper it reproduces;
 makes it a preset). A parameter whose name has no dot (e.g. ``arm``) is a label that picks
 overrides, not a config key.
+
+A seed preset also declares ``PAPER`` (the seed paper's id, e.g. ``"000"``), ``CLAIMS`` (what
+``distill-study reproduce`` tests, ``search_spaces/_claims.py``), and its laptop scale:
+``LAPTOP`` (dotted overrides of ``BASE``: embedded data, small models) and ``LAPTOP_EPOCHS`` (the
+length the whole schedule is scaled to, as ``--epochs`` does).
 """
 
 from __future__ import annotations
@@ -33,12 +38,13 @@ from typing import Any
 
 import search_spaces
 from distill_core import UserError
-from distill_core.config import Config
+from distill_core.config import Config, apply_overrides
 
 __all__ = ["SearchSpace", "list_spaces", "load_space"]
 
 SAMPLERS = ("tpe", "random", "grid", "qmc", "nsga2")
 SCHEDULERS = ("asha", "median", "none")
+SCALES = ("paper", "laptop")
 REQUIRED = ("BASE", "space", "OBJECTIVE", "MODE", "SCIENTIFIC", "NUISANCE", "GRID")
 
 
@@ -53,6 +59,27 @@ class SearchSpace:
     @property
     def base(self) -> dict[str, Any]:
         return self.module.BASE
+
+    def base_at(self, scale: str) -> dict[str, Any]:
+        """``BASE`` at the paper's scale, or with the laptop overrides applied."""
+        return apply_overrides(self.base, self.laptop) if scale == "laptop" else self.base
+
+    @property
+    def laptop(self) -> dict[str, Any]:
+        return dict(getattr(self.module, "LAPTOP", {}))
+
+    @property
+    def laptop_epochs(self) -> int | None:
+        return getattr(self.module, "LAPTOP_EPOCHS", None)
+
+    @property
+    def paper(self) -> str | None:
+        """The seed paper a preset reproduces (``"000"``...), if it declares claims."""
+        return getattr(self.module, "PAPER", None)
+
+    @property
+    def claims(self) -> list[Any]:
+        return list(getattr(self.module, "CLAIMS", []))
 
     @property
     def space(self) -> Callable[[Any], dict[str, Any]]:
@@ -221,4 +248,14 @@ def _validate(s: SearchSpace) -> SearchSpace:
         raise UserError(f"{where}: SAMPLER={s.sampler!r}; use one of {', '.join(SAMPLERS)}")
     if s.scheduler not in SCHEDULERS:
         raise UserError(f"{where}: SCHEDULER={s.scheduler!r}; use one of {', '.join(SCHEDULERS)}")
+    bad = [k for k in s.laptop if "." not in k]
+    if bad:
+        raise UserError(f"{where}: LAPTOP keys {bad} are not dotted config keys (e.g. data.name)")
+    arms = set(s.grid.get("arm", []))
+    for claim in s.claims:
+        missing = [a for a in claim.arms if a not in arms]
+        if missing:
+            raise UserError(
+                f"{where}: claim {claim.id} names arms {missing} that GRID['arm'] does not list"
+            )
     return s

@@ -11,19 +11,17 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from mlflow.tracking import MlflowClient
 from ray import cloudpickle, tune
 
 from distill_core import UserError
+from studies.plan import ARM, Plan
 from studies.trial import failure_reason
 from tracking import schema
 from tracking.client import RunLogger, last_step, params, search_runs
 from tracking.schema import Role, Status
-
-if TYPE_CHECKING:
-    from studies.plan import Plan
 
 ABANDONED = (
     "the driver stopped before Ray Tune saved this trial, so its config was sampled again on resume"
@@ -123,6 +121,8 @@ class StudyTracker(tune.Callback):
                 schema.AXES: ",".join(a for a in self.axes if a in trial.config),
                 schema.SPACE_NAME: self.space,
             }
+            if ARM in trial.config:
+                tags[schema.ARM] = str(trial.config[ARM])
             name = f"{trial.trial_id}-s{seed}"
             try:
                 cfg = self.plan.config(trial.config, seed)

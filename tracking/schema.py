@@ -36,6 +36,7 @@ SPACE_NAME = "space"
 # Tags of trial and final runs.
 TRIAL_ID = "distill.trial_id"
 GROUP = "distill.group"  # the sampled config: its seeds share it
+ARM = "distill.arm"  # a preset's arm (the label that picked the config), when it has arms
 RANK = "distill.rank"  # final runs: the exported config's rank
 RETRIES = "distill.retries"
 FAILURE_REASON = "distill.failure_reason"  # why a run failed, was cancelled or abandoned

@@ -33,6 +33,8 @@ from analysis import plots
 from analysis.plots import DPI, FIGSIZE
 from analysis.study import Study
 from distill_core import Config, EpochReport, fit, load_data, make_config
+from distill_core.losses import weighted_loss
+from distill_core.methods import kd
 from studies.cli import main
 from tracking.client import RunLogger, get_or_create_experiment, open_client
 from tracking.schema import Status
@@ -43,6 +45,8 @@ CONFIGS = [(alpha, lr) for alpha in (0.1, 0.5, 0.9) for lr in (0.05, 0.2)]
 COMMAND = "distill-study run kd_alpha --trials 9 --seeds 2 --epochs 3 --dataset synthetic"
 LAMBDA_STUDY = "lambda"
 LAMBDAS = (0.0, 0.5, 1.0)
+DIVERGING_LR = 9.0
+NAN = float("nan")
 OOM = "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
 
 
@@ -77,7 +81,7 @@ def build_study(root: Path, name: str = STUDY) -> str:
         "run": {"epochs": 3, "device": "cpu", "teacher_store": str(root / "teachers")},
     }
     plan = [(alpha, lr, seed, None) for alpha, lr in CONFIGS for seed in SEEDS]
-    plan += [(0.5, 9.0, seed, None) for seed in SEEDS]  # diverges: non-finite loss
+    plan += [(0.5, DIVERGING_LR, seed, None) for seed in SEEDS]  # diverges: non-finite loss
     # Stopped after epoch 1; failed in epoch 2, its other seed cancelled after epoch 1.
     plan += [(0.3, 0.01, 0, ("early-stopped", 1)), (0.7, 0.01, 0, ("failed", 2))]
     plan += [
@@ -116,7 +120,10 @@ def build_study(root: Path, name: str = STUDY) -> str:
                 raise Stop
 
         try:
-            result = fit(cfg, on_epoch=on_epoch)
+            with pytest.MonkeyPatch.context() as patch:
+                if lr == DIVERGING_LR:  # a loss that turns non-finite, whatever the init draws
+                    patch.setattr(kd, "weighted_loss", lambda *a, **k: weighted_loss(*a, **k) * NAN)
+                result = fit(cfg, on_epoch=on_epoch)
         except Stop:
             logger.finish(stop[0], reason=OOM if stop[0] == "failed" else None)
             continue
@@ -147,6 +154,10 @@ def eval_sizes(cfg: Config) -> tuple[int, int]:
     """``val_n`` and ``test_n`` of a run: what the trainer logs on the core branch."""
     data = load_data(cfg.data)
     return len(data.val_y), len(data.test_y)
+
+
+def unsized(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in metrics.items() if k not in ("val_n", "test_n")}
 
 
 def build_kinds(client: MlflowClient, base: dict) -> None:
@@ -193,8 +204,11 @@ def build_kinds(client: MlflowClient, base: dict) -> None:
                 "distill.axes": ",".join(a for a in axes if a in sampled),
             },
         )
-        result = fit(cfg, on_epoch=lambda r, logger=logger: logger.log_epoch(r.epoch, r.metrics))
-        logger.finish(result.status, result.final, step=len(result.history))
+        # Logged without the set sizes, as a store written before val_n/test_n existed.
+        result = fit(
+            cfg, on_epoch=lambda r, logger=logger: logger.log_epoch(r.epoch, unsized(r.metrics))
+        )
+        logger.finish(result.status, unsized(result.final), step=len(result.history))
 
 
 def build_lambda_study(root: Path) -> str:

@@ -70,14 +70,14 @@ def slug(key: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in key)
 
 
-def _figure(title: str) -> tuple[plt.Figure, plt.Axes]:
+def figure(title: str) -> tuple[plt.Figure, plt.Axes]:
     fig, ax = plt.subplots(figsize=FIGSIZE, dpi=DPI, layout="constrained")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     return fig, ax
 
 
-def _save(fig: plt.Figure, out: Path, name: str) -> str:
+def save(fig: plt.Figure, out: Path, name: str) -> str:
     fig.savefig(out / name, dpi=DPI)  # no bbox_inches="tight": every PNG keeps FIGSIZE x DPI pixels
     plt.close(fig)
     return name
@@ -202,7 +202,7 @@ def learning_curves(study: Study, groups: pd.DataFrame, out: Path) -> Plot:
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
     ax_obj.legend(fontsize=8)
-    name = _save(fig, out, "learning_curves.png")
+    name = save(fig, out, "learning_curves.png")
     n_crashed = int((unstable["status"] == Status.CRASHED).sum())
     n_diverged = int((unstable["status"] == Status.DIVERGED).sum())
     n_recovered = len(unstable) - n_crashed - n_diverged
@@ -227,7 +227,7 @@ def axis_plots(study: Study, groups: pd.DataFrame, out: Path) -> list[Plot]:
     recovered = runs["status"].eq(Status.COMPLETED) & (study.metric("crashed_epochs") > 0)
     for axis in study.axes:
         values = study.values(axis)
-        fig, ax = _figure(f"{study.name}: {study.objective} vs {axis}")
+        fig, ax = figure(f"{study.name}: {study.objective} vs {axis}")
         x, ticks = _positions(values)
         for status, color in STATUS_COLORS.items():
             # No comparable objective: a mark on the bottom edge.
@@ -293,7 +293,7 @@ def axis_plots(study: Study, groups: pd.DataFrame, out: Path) -> list[Plot]:
         _x_axis(ax, axis, values, ticks)
         ax.set_ylabel(study.objective)
         ax.legend(fontsize=8)
-        name = _save(fig, out, f"axis_{slug(axis)}.png")
+        name = save(fig, out, f"axis_{slug(axis)}.png")
         best = (
             f"the best config has {axis}={_show(means[axis].iloc[0])}."
             if len(means)
@@ -329,7 +329,7 @@ def isolation_plots(study: Study, groups: pd.DataFrame, out: Path) -> list[Plot]
         per_value = applies.groupby(key, sort=False, observed=True)[mean]
         best = per_value.idxmax() if study.mode == "max" else per_value.idxmin()
         rows = applies.loc[best.values].sort_values(axis, key=_sort_key)
-        fig, ax = _figure(f"{study.name}: isolation plot of {axis}")
+        fig, ax = figure(f"{study.name}: isolation plot of {axis}")
         x, ticks = _positions(rows[axis])
         label = f"best config per {'bin' if continuous else 'value'} (tuned: {nuisance})"
         xerr = None
@@ -363,7 +363,7 @@ def isolation_plots(study: Study, groups: pd.DataFrame, out: Path) -> list[Plot]
         _x_axis(ax, axis, rows[axis], ticks)
         ax.set_ylabel(f"best {obj}")
         ax.legend(fontsize=8)
-        name = _save(fig, out, f"isolation_{slug(axis)}.png")
+        name = save(fig, out, f"isolation_{slug(axis)}.png")
         top = rows.loc[rows[mean].idxmax() if study.mode == "max" else rows[mean].idxmin()]
         cut = (
             f" ({_bin_words(values)}, horizontal bars: the bin's range)"
@@ -412,10 +412,10 @@ def importance_plot(study: Study, groups: pd.DataFrame, out: Path) -> Plot:
             warnings.simplefilter("ignore")
             scores[label] = optuna.importance.get_param_importances(opt, evaluator=evaluator)
     table = pd.DataFrame(scores).fillna(0.0).sort_values("fANOVA")
-    fig, ax = _figure(f"{study.name}: importance for {study.objective} ({len(opt.trials)} configs)")
+    fig, ax = figure(f"{study.name}: importance for {study.objective} ({len(opt.trials)} configs)")
     table.plot.barh(ax=ax, color=["tab:blue", "tab:orange"])
     ax.set_xlabel("normalised importance")
-    name = _save(fig, out, "importance.png")
+    name = save(fig, out, "importance.png")
     first = table["fANOVA"].idxmax()
     return Plot(
         name,
@@ -451,7 +451,7 @@ def pareto_plot(study: Study, groups: pd.DataFrame, out: Path) -> Plot:
     front = both.loc[[t.user_attrs["group"] for t in front_study.best_trials]].sort_values(
         "val_acc mean"
     )
-    fig, ax = _figure(f"{study.name}: val_acc vs val_agreement (config means)")
+    fig, ax = figure(f"{study.name}: val_acc vs val_agreement (config means)")
     ax.errorbar(
         both["val_agreement mean"],
         both["val_acc mean"],
@@ -477,7 +477,7 @@ def pareto_plot(study: Study, groups: pd.DataFrame, out: Path) -> Plot:
         )
     ax.set(xlabel="val_agreement (top-1 agreement with the teacher)", ylabel="val_acc")
     ax.legend(fontsize=8)
-    name = _save(fig, out, "pareto.png")
+    name = save(fig, out, "pareto.png")
     return Plot(
         name,
         title,
@@ -511,12 +511,12 @@ def status_plot(study: Study, out: Path) -> Plot:
         [s for s in STATUS_COLORS if s in always or s in set(status)], fill_value=0
     )
     share = counts / counts.sum()
-    fig, ax = _figure(f"{study.name}: outcome of {counts.sum()} runs")
+    fig, ax = figure(f"{study.name}: outcome of {counts.sum()} runs")
     bars = ax.bar(share.index, share.values * 100, color=[STATUS_COLORS[s] for s in share.index])
     ax.bar_label(bars, labels=[f"{n} ({p:.0%})" for n, p in zip(counts, share, strict=True)])
     ax.set_ylabel("share of runs (%)")
     ax.set_ylim(0, 110)
-    name = _save(fig, out, "status.png")
+    name = save(fig, out, "status.png")
     bad = share.reindex([Status.CRASHED, Status.DIVERGED, Status.FAILED]).fillna(0).sum()
     stopped = share.get(Status.EARLY_STOPPED, 0.0)
     cancelled = int(counts.get(Status.CANCELLED, 0))
@@ -596,7 +596,7 @@ def fidelity_plot(study: Study, out: Path) -> Plot:
         ax.set(xlabel=FIDELITY_AXIS, ylabel=ylabel, title=ylabel)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    name = _save(fig, out, "fidelity_lambda.png")
+    name = save(fig, out, "fidelity_lambda.png")
     return Plot(
         name,
         title,

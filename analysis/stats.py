@@ -26,6 +26,7 @@ __all__ = [
     "Verdict",
     "binomial_se",
     "difference",
+    "proportion_difference",
     "slope",
     "slope_difference",
     "summarize",
@@ -121,6 +122,26 @@ def difference(a: Iterable[float], b: Iterable[float], confidence: float = 0.95)
     # J(df) = Gamma(df/2) / (sqrt(df/2) Gamma((df-1)/2)), in logs to stay finite for large df.
     j = math.exp(special.gammaln(df / 2) - special.gammaln((df - 1) / 2)) / math.sqrt(df / 2)
     return Difference(estimate, float(ci.low), float(ci.high), j * estimate / pooled, n_a, n_b)
+
+
+def proportion_difference(
+    k_a: int, n_a: int, k_b: int, n_b: int, confidence: float = 0.95
+) -> Difference:
+    """``k_a/n_a - k_b/n_b`` (e.g. the share of seeds that crashed) with Newcombe's hybrid score
+    interval (1998, method 10: from the two Wilson intervals), which keeps a width when neither
+    side varies (0 of 5 against 0 of 5 does not exclude a 40% rate); Cohen's h as effect size."""
+    if n_a == 0 or n_b == 0:
+        return Difference(NAN, NAN, NAN, NAN, n_a, n_b)
+    p_a, p_b = k_a / n_a, k_b / n_b
+    (l_a, u_a), (l_b, u_b) = (
+        wilson_interval(k_a, n_a, confidence),
+        wilson_interval(k_b, n_b, confidence),
+    )
+    estimate = p_a - p_b
+    low = estimate - math.sqrt((p_a - l_a) ** 2 + (u_b - p_b) ** 2)
+    high = estimate + math.sqrt((u_a - p_a) ** 2 + (p_b - l_b) ** 2)
+    h = 2 * math.asin(math.sqrt(p_a)) - 2 * math.asin(math.sqrt(p_b))
+    return Difference(estimate, low, high, h, n_a, n_b)
 
 
 @dataclass(frozen=True)

@@ -288,3 +288,32 @@ def _register_cifar_resnet(depth: int) -> None:
 
 for _depth in (20, 32, 56, 110):
     _register_cifar_resnet(_depth)
+
+
+def _register_plain_cnn(layers: int) -> None:
+    @register_model(f"plain_cnn{layers}", head=lambda net: net[-1])
+    def build(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
+        """TAKD's plain CNNs (Mirzadeh et al. 2020, seed 003): ``layers`` conv-BN-ReLU layers in
+        pairs of 16, 32, 64, ... channels, a max-pool after each pair while the image is larger
+        than 1 pixel, global average pool, linear head. The capacity ladder of its teacher
+        assistant experiment (2-layer student, 4 to 10-layer teachers)."""
+        modules: list[nn.Module] = []
+        cin, size = in_channels, image_size
+        for i in range(layers):
+            cout = 16 * 2 ** (i // 2)
+            modules += [
+                nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(),
+            ]
+            if i % 2 == 1 and size > 1:
+                modules.append(nn.MaxPool2d(2, ceil_mode=True))
+                size = (size + 1) // 2
+            cin = cout
+        return nn.Sequential(
+            *modules, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes)
+        )
+
+
+for _layers in (2, 4, 6, 8, 10):
+    _register_plain_cnn(_layers)

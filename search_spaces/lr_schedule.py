@@ -1,8 +1,10 @@
-"""Optimizer and learning-rate schedule for KD, with each schedule's own parameters (conditional).
+"""Optimizer and learning-rate schedule for KD and DML, with each schedule's own parameters.
 
 One-cycle samples its peak lr and the share of training spent rising to it; step decay its
-milestones and gamma; cosine and linear decay their warm-up epochs. Seed 000's finding (Adam at a
-constant 0.01 is unstable, AdamW one-cycle is not) is one corner of this space.
+milestones and gamma; cosine and linear decay their warm-up epochs (conditional parameters). The
+method is a scientific axis too: seed 000's finding (DML with Adam at a constant 0.01 crashes,
+AdamW one-cycle peaking at 0.005 does not) is one corner of this space, and its grid holds both
+configs. DML runs as the paper's: 2 peers, no softening (tau 1); KD at alpha 0.9, tau 4.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from search_spaces._bases import kd_mnist5k
 
 BASE = kd_mnist5k()
 OBJECTIVE, MODE = "val_acc", "max"
-SCIENTIFIC = ["schedule.name", "optim.name"]
+SCIENTIFIC = ["method.name", "schedule.name", "optim.name"]
 NUISANCE = [
     "optim.lr",
     "schedule.max_lr",
@@ -24,11 +26,16 @@ NUISANCE = [
 ]
 # Step-decay milestones as named patterns: Optuna's categorical choices must be scalars.
 MILESTONES = {"half": [5], "two-thirds": [7], "thirds": [3, 6], "late": [6, 8]}
+METHODS = {
+    "kd": {"method.name": "kd"},
+    "dml": {"method.name": "dml", "method.temperature": 1.0, "method.peers": 2},
+}
 GRID = {
+    "method.name": list(METHODS),
     "optim.name": ["sgd", "adam", "adamw"],
     "schedule.name": ["constant", "step", "cosine", "onecycle", "linear"],
     "optim.lr": [0.01],
-    "schedule.max_lr": [0.01],
+    "schedule.max_lr": [0.005],
     "schedule.pct_start": [0.1],
     "schedule.milestones": ["thirds"],
     "schedule.gamma": [0.1],
@@ -38,6 +45,7 @@ GRID = {
 
 def space(trial: Any) -> dict[str, Any]:
     out: dict[str, Any] = {
+        **METHODS[trial.suggest_categorical("method.name", list(METHODS))],
         "optim.name": trial.suggest_categorical("optim.name", ["sgd", "adam", "adamw"]),
         "schedule.name": trial.suggest_categorical(
             "schedule.name", ["constant", "step", "cosine", "onecycle", "linear"]

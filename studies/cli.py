@@ -26,7 +26,7 @@ from distill_core import (
     load_config,
     load_data,
 )
-from studies.run_cli import run, spaces
+from studies.run_cli import reproduce, run, spaces
 
 
 class Group(click.Group):
@@ -53,6 +53,7 @@ def main() -> None:
     train     one run from a YAML config (no Ray)
     run       a study: Ray Tune trials sampled by Optuna, recorded in MLflow
     spaces    the search spaces and presets, with their axes
+    reproduce re-run a seed paper's claims and judge each one
     report    plots and a Markdown report of a study
     export    the best configs of a study as runnable YAML
     ui        the MLflow UI over the study store
@@ -273,5 +274,5 @@ def teachers_list(store: str) -> None:
 
 
 # Commands defined next to the code they drive, one line each.
-for command in (run, spaces, report, export, ui):
+for command in (run, spaces, reproduce, report, export, ui):
     main.add_command(command)

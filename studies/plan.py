@@ -46,6 +46,11 @@ class Plan:
         return make_config(self.tree(sampled), {"run.seed": seed})
 
 
+def labels(sampled: dict[str, Any]) -> dict[str, Any]:
+    """What names a sampled point in one line: its labels (``arm``) if it has any, else all of it."""
+    return {k: v for k, v in sampled.items() if "." not in k} or sampled
+
+
 def overrides(sampled: dict[str, Any]) -> dict[str, Any]:
     """The config overrides among sampled parameters: dotted keys. A name without a dot (e.g.
     ``arm``, which picks one of a preset's arms) is a label, not a config key."""
@@ -66,7 +71,7 @@ def build(o: StudyOptions, space: SearchSpace, settings: Settings, teacher_store
     cli["run.threads"] = threads  # recorded, so that an exported config re-runs bit for bit
     base = apply_overrides(apply_overrides(space.base_at(o.scale), cli), list(o.overrides))
     first = base.get("run", {}).get("seed", Config().run.seed)
-    epochs = o.epochs or (space.laptop_epochs if o.scale == "laptop" else None)
+    epochs = o.epochs or (space.laptop_epochs if o.scale == "laptop" and not o.smoke_test else None)
     return Plan(
         base=base,
         seeds=tuple(range(first, first + settings.seeds)),

@@ -169,3 +169,70 @@ def spaces() -> None:
     click.echo(
         "run one: distill-study run NAME (--smoke-test: a few seconds); write your own: docs/studies.md"
     )
+
+
+@click.command()
+@click.argument("paper", required=False, metavar="PAPER")
+@click.option("--list", "listing", is_flag=True, help="List the claims, one line each, and exit.")
+@click.option(
+    "--scale",
+    type=click.Choice(SCALES),
+    default="laptop",
+    show_default=True,
+    help="laptop: embedded data, small models, a shortened schedule (2 CPU cores); paper: the "
+    "paper's data (--data-dir), models and schedules.",
+)
+@click.option("--seeds", type=int, default=None, help="Seeds per arm (default: the preset's).")
+@click.option(
+    "--data-dir", default=None, help="Folder of the paper's data set (paper scale), data.dir."
+)
+@click.option("--cpus-per-trial", type=float, default=1.0, show_default=True)
+@click.option("--gpus-per-trial", type=float, default=0.0, show_default=True)
+@click.option("--max-concurrent", type=int, default=None, help="At most this many trials at once.")
+@click.option("--address", default=None, help="Join this Ray cluster (HOST:6379).")
+@click.option(
+    "--tracking-uri",
+    default=None,
+    help="MLflow tracking URI or store folder (default: ./runs/mlflow.db).",
+)
+@click.option(
+    "--storage",
+    default="runs/studies",
+    show_default=True,
+    help="Folder of study state, checkpoints and teachers.",
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue an interrupted reproduction (or judge a finished one again).",
+)
+@click.option(
+    "--smoke-test", is_flag=True, help="Every arm in seconds (synthetic data, MLPs): plumbing only."
+)
+def reproduce(paper: str | None, listing: bool, **kwargs: object) -> None:
+    """Re-run a seed paper's claims and judge each: reproduced, not reproduced or inconclusive.
+
+    \b
+    PAPER is a seed paper's id (000 ... 004) or all.
+    Examples:
+      distill-study reproduce --list
+      distill-study reproduce 000                 # laptop scale, about 10 minutes on 2 cores
+      distill-study reproduce all --seeds 5
+      distill-study reproduce 002 --scale paper --data-dir ~/data --gpus-per-trial 0.25
+    Writes reproduction.md and reproduction.json into the study folder (also logged to MLflow).
+    """
+    from studies.options import StudyOptions
+    from studies.reproduce import claim_lines, papers, reproduce_all
+    from tracking.schema import StudyStatus
+
+    if listing:
+        for line in claim_lines():
+            click.echo(line)
+        return
+    if paper is None:
+        raise click.UsageError("give a PAPER (000 ... 004, or all) or --list")
+    chosen = papers(paper)
+    options = StudyOptions(space=chosen[0].name, **kwargs)  # type: ignore[arg-type]
+    done = reproduce_all(chosen, options, say=click.echo)
+    if any(r.status != StudyStatus.COMPLETED for r in done):
+        sys.exit(130)

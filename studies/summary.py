@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from studies.options import StudyOptions
+from studies.plan import labels
 from tracking.schema import StudyStatus
 
 
@@ -48,7 +49,7 @@ def say_summary(o: StudyOptions, result: StudyResult, say: Callable[[str], None]
             "best trial" if len(result.best) == 1 else f"Pareto front {i + 1}/{len(result.best)}:"
         )
         say(f"{what} {b['trial_id']} ({f'mean of {n} seeds' if n > 1 else 'one seed'}):")
-        say("  " + "  ".join(f"{k}={short(v)}" for k, v in b["sampled"].items()))
+        say("  " + "  ".join(f"{k}={short(v)}" for k, v in labels(b["sampled"]).items()))
         m = b["metrics"]
         for split in ("val", "test"):
             keys = [

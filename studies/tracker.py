@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from ray import cloudpickle, tune
 
 from distill_core import UserError
-from studies.plan import ARM, Plan
+from studies.plan import ARM, Plan, labels
 from studies.trial import failure_reason
 from tracking import schema
 from tracking.client import RunLogger, last_step, params, search_runs
@@ -205,7 +205,7 @@ class StudyTracker(tune.Callback):
     def _say(self, trials: list[Any], trial: Any, failed: bool = False) -> None:
         done = sum(t.status in ("TERMINATED", "ERROR") for t in trials) + 1
         last = trial.last_result or {}
-        sampled = "  ".join(f"{k}={short(v)}" for k, v in trial.config.items())
+        sampled = "  ".join(f"{k}={short(v)}" for k, v in labels(trial.config).items())
         value = last.get(self.objective, math.nan)
         failures = [s for s in last.get("seeds", {}).values() if s.get("status") == Status.FAILED]
         if failed:

@@ -306,7 +306,9 @@ def test_the_registered_models_of_the_brief_have_splits() -> None:
     assert {"cnn_small", "mlp"} <= set(SPLITS)
 
 
-def test_a_model_without_a_split_is_a_one_line_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_model_without_a_split_is_a_one_line_config_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     def linear(c: int, k: int, s: int) -> nn.Module:
         return nn.Sequential(nn.Flatten(), nn.Linear(c * s * s, k))
 
@@ -365,3 +367,41 @@ def test_resume_with_augmentation_matches_an_uninterrupted_run(name: str) -> Non
     assert timeless(resumed.final) == timeless(whole.final)
     state = captured["state"]["method"]
     assert state["ema_step"] == 18 and state["draws_epoch"] == 1  # 576 images / 64 per epoch
+
+
+class _Collapsed(nn.Module):
+    """An evaluated branch whose logits collapsed to a constant (seed 002's collapse)."""
+
+    def __init__(self, branch: nn.Module) -> None:
+        super().__init__()
+        self.branch = branch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.branch(x) * 0.0
+
+
+def test_a_pcl_run_with_the_papers_settings_reports_the_collapse_of_a_branch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """PCL as seed 002 runs it (3 branches, tau 3, EMA 0.999, the intended ramp-up) on embedded
+    data; when a temporal-mean branch collapses (constant logits), the run says so: that branch
+    is flagged crashed in every epoch after the warm-up, the others are not, and the run ends
+    ``crashed``."""
+    real = BranchMethod.eval_models
+    monkeypatch.setattr(
+        BranchMethod,
+        "eval_models",
+        lambda self: {**real(self), "peer1": _Collapsed(real(self)["peer1"])},
+    )
+    cfg = config(**{
+        "data.name": "digits", "model.name": "cnn_small", "run.epochs": 4,
+        "dkel.rampup_epochs": 2, "optim.lr": 0.1,
+    })  # fmt: skip
+    assert (cfg.dkel.ema_decay, cfg.method.temperature, cfg.method.peers) == (0.999, 3.0, 3)
+    result = fit(cfg)
+    flags = [(h["peer0_crashed"], h["peer1_crashed"], h["crashed"]) for h in result.history]
+    assert flags == [(0.0, 0.0, 0.0)] + [(0.0, 1.0, 1.0)] * 3  # warm-up: the first epoch
+    assert (
+        result.history[-1]["peer1_val_logit_std"] < 1e-3 < result.history[-1]["peer0_val_logit_std"]
+    )
+    assert result.status == "crashed" and result.history[-1]["crashed_epochs"] == 3

@@ -11,6 +11,7 @@ from scipy import stats
 from analysis.stats import (
     binomial_se,
     difference,
+    proportion_difference,
     slope,
     slope_difference,
     summarize,
@@ -194,3 +195,14 @@ def test_verdict_sentences() -> None:
     )
     with pytest.raises(ValueError, match="direction"):
         verdict(1.0, 0.0, 2.0, threshold=0.0, direction="up", n=2)  # type: ignore[arg-type]
+
+
+def test_proportion_difference_newcombe() -> None:
+    # Newcombe (1998), Table II example (e): 56/70 vs 48/80 -> 0.2000, interval [0.0524, 0.3339]
+    d = proportion_difference(56, 70, 48, 80)
+    assert d.estimate == pytest.approx(0.2)
+    assert (d.low, d.high) == pytest.approx((0.0524, 0.3339), abs=5e-4)
+    # no variation on either side still leaves an interval: 5 seeds cannot exclude a 40% rate
+    none = proportion_difference(0, 5, 0, 5)
+    assert none.estimate == 0 and none.low < -0.4 and none.high > 0.4
+    assert proportion_difference(5, 5, 0, 5).low > 0.3

@@ -12,26 +12,21 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only: no display on servers and in tests
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import optuna  # noqa: E402
-import pandas as pd  # noqa: E402
-from optuna.distributions import (  # noqa: E402
+import numpy as np
+import optuna
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from optuna.distributions import (
     BaseDistribution,
     CategoricalDistribution,
     FloatDistribution,
 )
 
-from analysis.stats import slope, slope_difference, summarize, verdict  # noqa: E402
-from analysis.study import Study, feasible  # noqa: E402
-from tracking.schema import BROKEN, FINISHED, Status  # noqa: E402
-
-# One "new study created" line per rebuilt study is noise.
-optuna.logging.set_verbosity(optuna.logging.WARNING)
+from analysis.quiet import quiet_optuna
+from analysis.stats import slope, slope_difference, summarize, verdict
+from analysis.study import Study, feasible
+from tracking.schema import BROKEN, FINISHED, Status
 
 FIGSIZE = (8.0, 5.0)
 DPI = 100  # with FIGSIZE: 800 x 500 pixel PNGs
@@ -70,16 +65,18 @@ def slug(key: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in key)
 
 
-def figure(title: str) -> tuple[plt.Figure, plt.Axes]:
-    fig, ax = plt.subplots(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+def figure(title: str) -> tuple[Figure, Axes]:
+    """A figure of the report's size. Matplotlib's object API, without pyplot: no backend or global
+    figure state to set, so importing this module changes nothing in the process."""
+    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+    ax = fig.subplots()
     ax.set_title(title)
     ax.grid(alpha=0.3)
     return fig, ax
 
 
-def save(fig: plt.Figure, out: Path, name: str) -> str:
+def save(fig: Figure, out: Path, name: str) -> str:
     fig.savefig(out / name, dpi=DPI)  # no bbox_inches="tight": every PNG keeps FIGSIZE x DPI pixels
-    plt.close(fig)
     return name
 
 
@@ -153,7 +150,8 @@ def learning_curves(study: Study, groups: pd.DataFrame, out: Path) -> Plot:
     top_runs = [runs[runs["group"] == group] for group in top.index]  # best config first
     shown = pd.concat([*top_runs, unstable]).drop_duplicates("run_id")
     hist = study.history(list(shown["run_id"]), [study.objective, "train_loss", CRASHED_METRIC])
-    fig, (ax_obj, ax_loss) = plt.subplots(1, 2, figsize=FIGSIZE, dpi=DPI, layout="constrained")
+    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+    ax_obj, ax_loss = fig.subplots(1, 2)
     fig.suptitle(
         f"{study.name}: learning curves (top {len(top)} configs, {len(unstable)} unstable runs)"
     )
@@ -441,7 +439,8 @@ def pareto_plot(study: Study, groups: pd.DataFrame, out: Path) -> Plot:
         if study.metric("val_agreement").notna().any():
             why = "no ranked config has both val_acc and val_agreement"
         return Plot(None, title, f"Not drawn: {why}.")
-    front_study = optuna.create_study(directions=["maximize", "maximize"])
+    with quiet_optuna():
+        front_study = optuna.create_study(directions=["maximize", "maximize"])
     for group, row in both.iterrows():
         front_study.add_trial(
             optuna.trial.create_trial(
@@ -572,7 +571,8 @@ def fidelity_plot(study: Study, out: Path) -> Plot:
             "Not drawn: no finished run logged train_agreement, val_agreement, train_pred_kl or "
             "val_kl (fidelity needs a teacher).",
         )
-    fig, axes = plt.subplots(1, 2, figsize=FIGSIZE, dpi=DPI, layout="constrained")
+    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+    axes = fig.subplots(1, 2)
     fig.suptitle(f"{study.name}: fidelity vs {FIDELITY_AXIS} (finished runs)")
     colors = {"train": "tab:orange", "val": "tab:blue"}
     where = {"train": "training subset", "val": "validation"}
@@ -661,7 +661,8 @@ def _optuna_study(study: Study, groups: pd.DataFrame) -> optuna.Study:
         else:
             distributions[axis] = CategoricalDistribution(sorted(set(values), key=str))
     direction = "maximize" if study.mode == "max" else "minimize"
-    opt = optuna.create_study(direction=direction)
+    with quiet_optuna():
+        opt = optuna.create_study(direction=direction)
     for _, row in ranked.iterrows():
         params = {a: row[a] for a in distributions if not pd.isna(row[a])}
         opt.add_trial(
@@ -686,7 +687,7 @@ def _positions(
     return values.map(lambda v: index.get(str(v), math.nan)).astype(float), ticks
 
 
-def _x_axis(ax: plt.Axes, axis: str, values: pd.Series, ticks: list[object] | None) -> None:
+def _x_axis(ax: Axes, axis: str, values: pd.Series, ticks: list[object] | None) -> None:
     ax.set_xlabel(axis)
     if ticks is not None:
         ax.set_xticks(range(len(ticks)), [str(t) for t in ticks])

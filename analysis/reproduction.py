@@ -334,7 +334,6 @@ def _plot(study: Study, r: Result, out: Path) -> str | None:
         )  # fmt: skip
         drawn = True
     if not drawn:
-        plots.plt.close(fig)
         return None
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric)

@@ -14,13 +14,13 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import ray
 
+from analysis.quiet import quiet_optuna
 from distill_core import TeacherStore, UserError
 from distill_core.errors import require_writable
 from studies import cluster, layout, plan, search, select, teachers, tuner
@@ -155,24 +155,12 @@ def _checked(o: StudyOptions, space: SearchSpace) -> Settings:
     return settings
 
 
-@contextlib.contextmanager
-def _quiet_optuna() -> Iterator[None]:
-    import optuna
-
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        yield
-    finally:
-        optuna.logging.set_verbosity(verbosity)
-
-
 def _points(space: SearchSpace) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Every baseline and grid point (the arms); the base config and one randomly sampled point."""
     import optuna
 
     try:
-        with _quiet_optuna():
+        with quiet_optuna():
             trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(SAMPLER_SEED)).ask()
             return list(space.grid_points()), [{}, space.space(trial)]
     except Exception as exc:  # the user's module: any error is theirs to fix

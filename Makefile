@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Test tensors are tiny: one torch thread is faster than two fighting over a busy machine.
 PYTEST := OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
 
-.PHONY: install test test-all test-slow lint study bench clean
+.PHONY: install test test-all test-slow lint study reproduce bench clean
 
 install: $(STAMP)
 
@@ -31,6 +31,9 @@ lint: $(STAMP)
 
 study: $(STAMP)  ## the quickstart study: KD alpha x temperature on MNIST-5k
 	$(BIN)/distill-study run quickstart
+
+reproduce: $(STAMP)  ## every seed paper's claims at laptop scale: reproduction.md per paper (~1 h on 2 cores)
+	$(BIN)/distill-study reproduce all
 
 bench: $(STAMP)  ## every benchmark, ~12 min on 2 cores (BENCH_QUICK=1: a sanity run of a few minutes)
 	$(BIN)/python -m benchmarks $(if $(filter 1,$(BENCH_QUICK)),--quick)

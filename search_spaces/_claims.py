@@ -1,4 +1,4 @@
-"""Claims a seed preset makes about its paper: what ``distill-study reproduce`` tests.
+"""Claims a seed preset makes about its paper (what ``distill-study reproduce`` tests), and its arms.
 
 A claim compares arms of the preset (named grid points) on one metric, with a direction and a
 threshold fixed before any run: ``difference`` (arm a minus arm b), ``level`` (one arm against a
@@ -9,7 +9,7 @@ slope of one metric minus the slope of another). The verdict logic is ``analysis
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 Kind = Literal["difference", "level", "trend", "trend_gap"]
 
@@ -61,3 +61,10 @@ class Claim:
     @property
     def needs_paper_scale(self) -> bool:
         return self.laptop.startswith("needs paper scale")
+
+
+def pick_arm(trial: Any, arms: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """A preset's ``space(trial)``: the label ``arm`` picks one of ``arms``, whose overrides it
+    returns (the label too, so that the run is tagged with its arm)."""
+    arm = trial.suggest_categorical("arm", list(arms))
+    return {"arm": arm, **arms[arm]}

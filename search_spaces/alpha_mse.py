@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from search_spaces._claims import Claim
+from search_spaces._claims import Claim, pick_arm
 
 PRESET = "001 (CE + MSE logits): seed 001's alpha in {0, 0.5, 1} x 4 runs; ResNet-50 -> ResNet-18, pretrained"
 PAPER = "001"
@@ -108,5 +108,4 @@ CLAIMS = [
 
 
 def space(trial: Any) -> dict[str, Any]:
-    arm = trial.suggest_categorical("arm", list(ARMS))
-    return {"arm": arm, **ARMS[arm]}
+    return pick_arm(trial, ARMS)

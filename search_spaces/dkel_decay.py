@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from search_spaces._claims import Claim
+from search_spaces._claims import Claim, pick_arm
 
 PRESET = "002 (DKEL): beta x decay kind, PCL baseline; ResNet-32 3 branches on CIFAR-10"
 PAPER = "002"
@@ -101,5 +101,4 @@ CLAIMS = [
 
 
 def space(trial: Any) -> dict[str, Any]:
-    arm = trial.suggest_categorical("arm", list(ARMS))
-    return {"arm": arm, **ARMS[arm]}
+    return pick_arm(trial, ARMS)

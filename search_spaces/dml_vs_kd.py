@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from search_spaces._claims import Claim
+from search_spaces._claims import Claim, pick_arm
 
 PRESET = "000 (DML vs KD): method x optimiser config 1/2, 5 seeds; ResNet-50 teacher, ResNet-18 students, Fashion-MNIST"
 PAPER = "000"
@@ -136,5 +136,4 @@ CLAIMS = [
 
 
 def space(trial: Any) -> dict[str, Any]:
-    arm = trial.suggest_categorical("arm", list(ARMS))
-    return {"arm": arm, **ARMS[arm]}
+    return pick_arm(trial, ARMS)

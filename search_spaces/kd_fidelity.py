@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from search_spaces._claims import Claim
+from search_spaces._claims import Claim, pick_arm
 
 PRESET = (
     "004 (fidelity): agreement vs interpolation lambda; ResNet-56 self-distillation on CIFAR-100"
@@ -96,5 +96,4 @@ CLAIMS = [
 
 
 def space(trial: Any) -> dict[str, Any]:
-    arm = trial.suggest_categorical("arm", list(ARMS))
-    return {"arm": arm, **ARMS[arm]}
+    return pick_arm(trial, ARMS)

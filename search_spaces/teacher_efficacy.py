@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from search_spaces._claims import Claim
+from search_spaces._claims import Claim, pick_arm
 
 PRESET = "003 (teacher efficacy): early-stopped teacher, ESKD, TAKD vs KD; ResNet-110 -> (ResNet-56 TA) -> ResNet-20"
 PAPER = "003"
@@ -106,5 +106,4 @@ CLAIMS = [
 
 
 def space(trial: Any) -> dict[str, Any]:
-    arm = trial.suggest_categorical("arm", list(ARMS))
-    return {"arm": arm, **ARMS[arm]}
+    return pick_arm(trial, ARMS)

@@ -149,7 +149,7 @@ def spaces() -> None:
     found = list_spaces()
     groups = [
         ("spaces (one design axis each):", [s for s in found if s.is_axis], "summary"),
-        ("presets (a seed paper's setup; --dataset/--epochs to scale down):", [s for s in found if s.preset], "preset"),
+        ("presets (a seed paper's setup: --scale laptop runs it on a laptop; `distill-study reproduce` judges its claims):", [s for s in found if s.preset], "preset"),
     ]  # fmt: skip
     for title, group, what in groups:
         click.echo(title)
@@ -161,10 +161,11 @@ def spaces() -> None:
                 else f"{s.trials} trials"
             )
             seeds = f" x {s.seeds} seeds" if s.seeds > 1 else ""
+            extra = f" | {len(s.claims)} claims of paper {s.paper}" if s.claims else ""
             click.echo(f"  {s.name:<17} {getattr(s, what)}")
             click.echo(
                 f"  {'':<17} scientific {', '.join(s.scientific)} | nuisance {', '.join(s.nuisance) or '-'}"
-                f" | objective {metric} ({mode}) | {s.sampler}, {size}{seeds}"
+                f" | objective {metric} ({mode}) | {s.sampler}, {size}{seeds}, scheduler {s.scheduler}{extra}"
             )
     click.echo(
         "run one: distill-study run NAME (--smoke-test: a few seconds); write your own: docs/studies.md"

@@ -290,30 +290,54 @@ for _depth in (20, 32, 56, 110):
     _register_cifar_resnet(_depth)
 
 
+#: TAKD's plain CNNs for 10 classes ("plane" networks of Mirzadeh et al. 2020, seed 003): conv
+#: layers of n channels (3x3, batch norm, ReLU), 2x2 max-pools, then fully connected layers on the
+#: flattened features; the last FC is the classifier.
+PLAIN_CNNS: dict[int, list[str]] = {
+    2: ["Conv16", "MaxPool", "Conv16", "MaxPool", "FC"],
+    4: ["Conv16", "Conv16", "MaxPool", "Conv32", "Conv32", "MaxPool", "FC"],
+    6: ["Conv16", "Conv16", "MaxPool", "Conv32", "Conv32", "MaxPool", "Conv64", "Conv64", "MaxPool", "FC"],
+    8: ["Conv16", "Conv16", "MaxPool", "Conv32", "Conv32", "MaxPool", "Conv64", "Conv64", "MaxPool",
+        "Conv128", "Conv128", "MaxPool", "FC64", "FC"],
+    10: ["Conv32", "Conv32", "MaxPool", "Conv64", "Conv64", "MaxPool", "Conv128", "Conv128", "MaxPool",
+         "Conv256", "Conv256", "Conv256", "Conv256", "MaxPool", "FC128", "FC"],
+}  # fmt: skip
+
+
+def plain_cnn(spec: list[str], in_channels: int, num_classes: int, image_size: int) -> nn.Module:
+    """A network from a ``PLAIN_CNNS`` spec. Pools round up (``ceil_mode``), so that 8-pixel
+    images keep a pixel through the 10-layer net's four pools (CIFAR's 32 pixels divide evenly)."""
+    modules: list[nn.Module] = []
+    channels, size = in_channels, image_size
+    for layer in spec:
+        if layer.startswith("Conv"):
+            width = int(layer.removeprefix("Conv"))
+            modules += [
+                nn.Conv2d(channels, width, 3, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(),
+            ]
+            channels = width
+        elif layer == "MaxPool":
+            modules.append(nn.MaxPool2d(2, ceil_mode=True))
+            size = (size + 1) // 2
+        else:
+            if not any(isinstance(m, nn.Flatten) for m in modules):
+                modules.append(nn.Flatten())
+                channels *= size * size
+            width = int(layer.removeprefix("FC") or num_classes)
+            modules.append(nn.Linear(channels, width))
+            if layer != "FC":
+                modules.append(nn.ReLU())
+            channels = width
+    return nn.Sequential(*modules)
+
+
 def _register_plain_cnn(layers: int) -> None:
     @register_model(f"plain_cnn{layers}", head=lambda net: net[-1])
     def build(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
-        """TAKD's plain CNNs (Mirzadeh et al. 2020, seed 003): ``layers`` conv-BN-ReLU layers in
-        pairs of 16, 32, 64, ... channels, a max-pool after each pair while the image is larger
-        than 1 pixel, global average pool, linear head. The capacity ladder of its teacher
-        assistant experiment (2-layer student, 4 to 10-layer teachers)."""
-        modules: list[nn.Module] = []
-        cin, size = in_channels, image_size
-        for i in range(layers):
-            cout = 16 * 2 ** (i // 2)
-            modules += [
-                nn.Conv2d(cin, cout, 3, padding=1, bias=False),
-                nn.BatchNorm2d(cout),
-                nn.ReLU(),
-            ]
-            if i % 2 == 1 and size > 1:
-                modules.append(nn.MaxPool2d(2, ceil_mode=True))
-                size = (size + 1) // 2
-            cin = cout
-        return nn.Sequential(
-            *modules, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes)
-        )
+        return plain_cnn(PLAIN_CNNS[layers], in_channels, num_classes, image_size)
 
 
-for _layers in (2, 4, 6, 8, 10):
+for _layers in PLAIN_CNNS:
     _register_plain_cnn(_layers)

@@ -35,6 +35,7 @@ __all__ = [
 ]
 
 NAN = math.nan
+PRACTICAL_SEEDS = 1000  # beyond this, "n seeds would settle it" stops being advice
 Direction = Literal["greater", "less"]
 
 
@@ -251,7 +252,12 @@ class Verdict:
                 )
             else:
                 text = f"inconclusive: {value} {interval} crosses {threshold} {seeds}{spread}"
-        if self.seeds_needed is not None:
+        if self.seeds_needed is not None and self.seeds_needed > PRACTICAL_SEEDS:
+            text += (
+                f"; the estimate sits so close to {threshold} that no practical number of "
+                f"{self.noun}s (over {PRACTICAL_SEEDS}) would settle it"
+            )
+        elif self.seeds_needed is not None:
             text += f"; about {self.seeds_needed} {self.noun}s would settle it if the spread stays"
         return text
 

@@ -206,3 +206,9 @@ def test_proportion_difference_newcombe() -> None:
     none = proportion_difference(0, 5, 0, 5)
     assert none.estimate == 0 and none.low < -0.4 and none.high > 0.4
     assert proportion_difference(5, 5, 0, 5).low > 0.3
+
+
+def test_a_verdict_needing_an_impractical_number_of_seeds_says_so() -> None:
+    v = verdict(1e-6, -0.5, 0.5, threshold=0.0, direction="greater", n=3)
+    assert v.outcome == "inconclusive" and v.seeds_needed > 1000
+    assert "no practical number of seeds (over 1000) would settle it" in v.sentence

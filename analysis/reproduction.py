@@ -257,14 +257,18 @@ def _ours(r: Result) -> str:
 
 
 def _test(claim: Any) -> str:
+    """The claim as the test it is: what is estimated, and on which side of what it must lie."""
     side = ">" if claim.direction == "greater" else "<"
     scale, unit = _units(claim.metric)
-    what = {
-        "difference": f"`{claim.metric}` of `{claim.arms[0]}` minus `{claim.arms[1]}`",
-        "level": f"mean `{claim.metric}` of `{claim.arms[0]}`",
-        "trend": f"slope of `{claim.metric}` over `{claim.axis}`",
-        "trend_gap": f"slope of `{claim.metric}` minus slope of `{claim.other}` over `{claim.axis}`",
-    }[claim.kind]
+    arms = claim.arms
+    if claim.kind == "difference":
+        what = f"`{claim.metric}` of `{arms[0]}` minus `{arms[1]}`"
+    elif claim.kind == "level":
+        what = f"mean `{claim.metric}` of `{arms[0]}`"
+    elif claim.kind == "trend":
+        what = f"slope of `{claim.metric}` over `{claim.axis}`"
+    else:
+        what = f"slope of `{claim.metric}` minus slope of `{claim.other}` over `{claim.axis}`"
     return f"{what} {side} {_num(claim.threshold, scale) if claim.threshold else 0}{unit}"
 
 

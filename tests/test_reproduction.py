@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
-from analysis.reproduction import evaluate, tally
+from analysis.reproduction import evaluate, render, tally
 from analysis.study import Study
 from search_spaces._claims import Claim
 from studies import plan
@@ -23,6 +23,11 @@ from studies.spaces import list_spaces, load_space
 from tracking.client import resolve_tracking_uri
 
 PAPERS = ["000", "001", "002", "003", "004"]
+SETTING = {
+    "paper": "004", "title": "t", "scale": "laptop", "data": "d", "models": "m", "epochs": 1,
+    "paper_epochs": 2, "seeds": 3, "arms": ["a"], "study": "s", "parent_run_id": "p",
+    "date": "today", "machine": "here",
+}  # fmt: skip
 
 
 def invoke(*args: str) -> tuple[int, str]:
@@ -263,6 +268,9 @@ def test_level_and_trend_claims() -> None:
     assert rises.verdict.outcome == "reproduced" and rises.estimate == pytest.approx(0.15)
     assert gap.verdict.outcome == "reproduced" and gap.estimate == pytest.approx(0.2)
     assert flat.verdict.outcome == "not reproduced"
+    text = render([low, rises, gap, flat], SETTING, {})
+    assert "- test: mean `test_agreement` of `lambda=0` < 95 points" in text
+    assert "- test: slope of `train_agreement` minus slope of `test_agreement`" in text
 
 
 # ---------------------------------------------------------------------------------------------

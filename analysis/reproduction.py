@@ -245,15 +245,18 @@ def render(results: list[Result], setting: dict[str, Any], drawn: dict[str, str 
     return "\n".join(lines) + "\n"
 
 
-def _num(x: float, scale: float = 1.0) -> str:
-    return "-" if x is None or not math.isfinite(x) else f"{x * scale:.3g}"
+def _num(x: float, scale: float = 1.0, signed: bool = False) -> str:
+    if x is None or not math.isfinite(x):
+        return "-"
+    value = round(x * scale, 9) or 0.0  # rounding noise of a mean difference is no difference
+    return f"{value:+.3g}" if signed else f"{value:.3g}"
 
 
 def _ours(r: Result) -> str:
     scale, unit = _units(r.claim.metric)
     if math.isnan(r.low):
         return f"{_num(r.estimate, scale)}{unit} (no interval)"
-    return f"{r.estimate * scale:+.3g}{unit} [{r.low * scale:.3g}, {r.high * scale:.3g}]"
+    return f"{_num(r.estimate, scale, signed=True)}{unit} [{_num(r.low, scale)}, {_num(r.high, scale)}]"
 
 
 def _test(claim: Any) -> str:

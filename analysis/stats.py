@@ -336,6 +336,7 @@ def _pairs(x: Iterable[float], y: Iterable[float]) -> tuple[np.ndarray, np.ndarr
 
 
 def _num(value: float, signed: bool = False) -> str:
-    """Three significant digits, ``-0`` shown as ``0``."""
-    value = 0.0 if value == 0 else value
+    """Three significant digits; rounding noise (a difference of the same numbers summed in
+    another order) and ``-0`` shown as ``0``."""
+    value = round(value, 9) or 0.0
     return f"{value:+.3g}" if signed else f"{value:.3g}"

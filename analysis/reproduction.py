@@ -312,7 +312,7 @@ def to_json(results: list[Result], setting: dict[str, Any]) -> dict[str, Any]:
                 "effect_size": clean(r.effect_size),
                 "verdict": r.verdict.outcome,
                 "seeds_needed": r.verdict.seeds_needed,
-                "sentence": r.verdict.sentence,
+                "verdict_sentence": r.verdict.sentence,
                 "counted": r.counted,
             }
         )

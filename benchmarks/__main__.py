@@ -12,8 +12,7 @@ import subprocess
 import sys
 import time
 
-from benchmarks.common import RESULTS
-from benchmarks.report import BENCHMARKS, render
+from benchmarks.report import BENCHMARKS, RESULTS, render
 
 
 def main() -> None:

@@ -21,7 +21,8 @@ from typing import Any, NamedTuple
 
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from benchmarks.report import RESULTS, render
+
 OPS = {">=": operator.ge, "<=": operator.le, "==": operator.eq}
 
 
@@ -134,8 +135,6 @@ def write(
 ) -> Path:
     """Write ``args.out/<name>.json`` (title: the first line of ``doc``; machine, settings, rows,
     peak RSS, wall time) and regenerate the table."""
-    from benchmarks.report import render
-
     out, quick, title = args.out, args.quick, (doc or name).splitlines()[0]
 
     bad = [r["case"] for r in rows for k in ("value", "baseline") if not math.isfinite(r[k])]

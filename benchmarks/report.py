@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import RESULTS
+RESULTS = Path(__file__).resolve().parent / "results"
 
 # Every benchmark (``benchmarks/<name>.py``), in table order, and what it shows.
 BENCHMARKS = {

@@ -25,6 +25,7 @@ DESIGN_MODELS = {
     "resnet110",
     "cnn_small",
     "mlp",
+    *(f"plain_cnn{n}" for n in (2, 4, 6, 8, 10)),  # TAKD's plain CNNs (seed 003)
 }
 BIG = {"resnet50", "resnet110"}  # slow to build: checked at 8 and 32 px only
 

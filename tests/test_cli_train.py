@@ -85,7 +85,9 @@ def test_train_prints_epochs_and_summary_and_records_the_run_in_mlflow(tmp_path:
         assert part in epochs[1]
     assert any(ln.startswith("training mlp teacher") for ln in out)
     assert out[-2] == "status: completed"
-    assert "test_acc " in out[-1] and "teacher_test_acc " in out[-1] and "val_logit_diff " in out[-1]
+    assert (
+        "test_acc " in out[-1] and "teacher_test_acc " in out[-1] and "val_logit_diff " in out[-1]
+    )
     val_acc = float(epochs[1].split("val_acc ")[1].split()[0])
     assert val_acc > 0.7
 

@@ -76,9 +76,16 @@ def test_trainer_throughput(out: Path) -> None:
 
 def test_kd_cost(out: Path) -> None:
     kd_cost.main(["--quick", "--threads", "1", "--out", str(out)])
-    cached, augmented = check(out, "kd_cost", rows=2)
+    cached, augmented, floor, bf16 = check(out, "kd_cost", rows=4)
     assert cached["target"] == "ratio <= 1.15" and augmented["target"] is None
     assert cached["value"] == pytest.approx(sum(cached["kd_epoch_s"]) / len(cached["kd_epoch_s"]))
+    # The floor: the scratch epoch plus the teacher's inference alone, measured in the same run.
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    assert floor["target"] == "ratio <= 1.15" and floor["value"] == augmented["value"]
+    scratch, teacher = augmented["scratch_epoch_s"], augmented["teacher_kd_pass_s"]
+    assert floor["baseline"] == pytest.approx(mean(scratch) + mean(teacher))
+    assert bf16["baseline"] == floor["baseline"] and bf16["target"] is None
+    assert bf16["value"] == pytest.approx(mean(augmented["kd_bf16_epoch_s"]))
 
 
 def test_memory(out: Path) -> None:

@@ -21,6 +21,7 @@ BENCHMARKS = {
     "search_efficiency": "TPE + ASHA vs the exhaustive grid on alpha x temperature",
     "memory": "peak RSS of a 3-peer DML run vs single runs",
     "gpu": "ResNet-18, bf16 + channels_last + device-resident batches vs the fp32 DataLoader loop",
+    "gpu_study": "the quickstart study with --gpus-per-trial 0.25 vs 1 (trials per GPU-hour)",
 }
 
 

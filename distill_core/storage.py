@@ -143,6 +143,14 @@ def _refresh(marker: UPath, holder: str, stop: threading.Event) -> None:
         marker.write_bytes(_stamp(holder))
 
 
+def copy_into(files: list[Path], folder: UPath) -> None:
+    """Copy local ``files`` into ``folder``, each committed whole (``write_atomic``)."""
+    if is_local(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+    for file in files:
+        write_atomic(folder / file.name, file.read_bytes())
+
+
 def read_study_record(storage: str, name: str) -> dict[str, Any]:
     """The study file of study ``name`` under ``storage``.
 

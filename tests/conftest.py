@@ -23,7 +23,6 @@ def ray_session() -> Iterator[str]:
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """A local S3 server (moto's standalone one, a subprocess) with a bucket ``studies``; yields the
     AWS variables that point a client at it (set them in a test, or pass them to a subprocess)."""
-    import os
     import socket
     import subprocess
     import sys

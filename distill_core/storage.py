@@ -23,12 +23,14 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock
-from upath import UPath
 
 from distill_core.errors import UserError, require_writable
+
+if TYPE_CHECKING:
+    from upath import UPath
 
 #: The study file inside ``<storage>/<study>/``: its options and MLflow ids (``--resume``, reports).
 STUDY_FILE = "distill_study.json"
@@ -41,6 +43,8 @@ _LEASE_POLL_S = 1.0
 
 def location(url: str | os.PathLike[str] | UPath) -> UPath:
     """``url`` as a path: a local folder (absolute) or an ``s3://`` URI."""
+    from upath import UPath  # fsspec's loggers appear when a store is used, not on import
+
     if isinstance(url, UPath) and not is_local(url):
         return url
     text = os.fspath(url)
@@ -176,6 +180,8 @@ def check_writable(url: str, fix: str) -> None:
     if "://" not in url or url.startswith("file://"):
         require_writable(url.removeprefix("file://"), fix)
         return
+    from upath import UPath
+
     path = location(url)
     fast = {"config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 3}}
     probe = UPath(str(path), skip_instance_cache=True, **fast) / f".check-{uuid.uuid4().hex}"

@@ -17,16 +17,19 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
-from upath import UPath
 
 from distill_core.config import Config
 from distill_core.data import Splits
 from distill_core.models import predict
 from distill_core.storage import is_local, write_atomic
 from distill_core.teachers import TeacherStore, required_teachers
+
+if TYPE_CHECKING:
+    from upath import UPath
 
 
 def fingerprint(train_x: torch.Tensor, teacher: nn.Module) -> str:

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 import torch.nn as nn
-from upath import UPath
 
 from distill_core.config import Config, TeacherConfig, from_tree
 from distill_core.data import Splits
@@ -33,6 +32,8 @@ from distill_core.schedules import scale_epochs
 from distill_core.storage import is_local, lease, location, remove_tree, write_atomic
 
 if TYPE_CHECKING:
+    from upath import UPath
+
     from distill_core.trainer import EpochReport
 
 #: How the store trains an entry: ``distill_core.fit_epochs`` (called as ``train(spec, data=, log=)``).

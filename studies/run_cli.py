@@ -94,7 +94,8 @@ from studies.spaces import SAMPLERS, SCALES, SCHEDULERS, list_spaces
     "--storage",
     default="runs/studies",
     show_default=True,
-    help="Folder of study state, checkpoints and teachers.",
+    help="Folder or s3://BUCKET/PREFIX of study state, checkpoints and teachers (S3: endpoint and "
+    "keys from the AWS_* variables).",
 )
 @click.option(
     "--name", default=None, help="Study name (default: the space's name, numbered if taken)."
@@ -200,7 +201,8 @@ def spaces() -> None:
     "--storage",
     default="runs/studies",
     show_default=True,
-    help="Folder of study state, checkpoints and teachers.",
+    help="Folder or s3://BUCKET/PREFIX of study state, checkpoints and teachers (S3: endpoint and "
+    "keys from the AWS_* variables).",
 )
 @click.option(
     "--resume",

@@ -6,6 +6,7 @@ and an unreachable endpoint, before anything starts."""
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
 import socket
@@ -13,8 +14,11 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import torch
@@ -23,7 +27,7 @@ from mlflow.tracking import MlflowClient
 
 from distill_core import TeacherError, fit, load_data, make_config
 from distill_core.config import Config
-from distill_core.storage import lease, location, write_atomic
+from distill_core.storage import S3_OPTIONS, lease, location, write_atomic
 from distill_core.teachers import TeacherStore, teacher_spec
 from studies.cli import main
 
@@ -100,6 +104,80 @@ def test_write_atomic_on_s3_leaves_the_old_object_when_the_commit_fails(
         write_atomic(path, b"second, never committed")
     assert path.read_bytes() == b"first"
     assert keys(s3) == ["state.pt"]  # the temporary object is gone too
+
+
+class _Flaky(BaseHTTPRequestHandler):
+    """Forwards to the S3 server, but answers the first ``server.failures`` PUTs with 503 SlowDown
+    (how S3 sheds load): a transient error in the middle of an upload."""
+
+    server: Any
+    protocol_version = "HTTP/1.1"  # answers botocore's "Expect: 100-continue"
+
+    def forward(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else None
+        if self.command == "PUT" and self.server.failures > 0:
+            self.server.failures -= 1
+            self.reply(503, {}, b"<Error><Code>SlowDown</Code><Message>slow down</Message></Error>")
+            return
+        upstream = http.client.HTTPConnection(*self.server.target)
+        headers = {k: v for k, v in self.headers.items() if k.lower() != "expect"}
+        upstream.request(self.command, self.path, body=body, headers=headers)
+        answer = upstream.getresponse()
+        self.reply(answer.status, dict(answer.getheaders()), answer.read())
+
+    def reply(self, status: int, headers: dict[str, str], data: bytes) -> None:
+        self.send_response(status)
+        for key, value in headers.items():
+            if key.lower() not in (
+                "content-length",
+                "transfer-encoding",
+                "connection",
+                "server",
+                "date",
+            ):
+                self.send_header(key, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = forward
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def flaky_s3(s3: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[ThreadingHTTPServer]:
+    """A proxy in front of the S3 server that fails PUTs on demand (``proxy.failures``)."""
+    upstream = urlsplit(os.environ["AWS_ENDPOINT_URL"])
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), _Flaky)
+    proxy.target = (upstream.hostname, upstream.port)  # type: ignore[attr-defined]
+    proxy.failures = 0  # type: ignore[attr-defined]
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{proxy.server_address[1]}")
+    yield proxy
+    proxy.shutdown()
+
+
+def test_transient_s3_errors_during_an_upload_are_retried(
+    s3: str, s3_server: dict[str, str], flaky_s3: ThreadingHTTPServer
+) -> None:
+    import boto3
+    from upath import UPath
+
+    path = UPath(s3, skip_instance_cache=True, **S3_OPTIONS) / "teachers" / "epoch_0001.pt"
+    blob = os.urandom(1 << 20)
+    flaky_s3.failures = 3  # type: ignore[attr-defined]
+    write_atomic(path, blob)
+    assert flaky_s3.failures == 0  # type: ignore[attr-defined]
+    # read straight from the server: the object was committed whole, after the retries
+    direct = boto3.client("s3", endpoint_url=s3_server["AWS_ENDPOINT_URL"])
+    bucket, prefix = path.path.split("/", 1)
+    assert direct.get_object(Bucket=bucket, Key=prefix)["Body"].read() == blob
+    listed = direct.list_objects_v2(Bucket=bucket, Prefix=prefix.rsplit("/", 2)[0] + "/")
+    assert [o["Key"] for o in listed["Contents"]] == [prefix]  # no temporary object left
 
 
 def test_a_stale_lease_on_s3_is_taken_over(s3: str) -> None:

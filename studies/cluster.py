@@ -129,6 +129,11 @@ def study_process(o: StudyOptions) -> Iterator[None]:
     loggers = {name: logging.getLogger(name) for name in QUIET_LOGGERS}
     levels = {name: lg.level for name, lg in loggers.items()}
     verbosity = optuna.logging.get_verbosity()
+    # Optuna's grid sampler stops its study when the grid is exhausted; Ray's searcher tells
+    # Optuna outside an objective, so that stop is logged as a warning nobody can act on.
+    tune_optuna = logging.getLogger("ray.tune.search.optuna.optuna_search")
+    grid_done = GridExhausted()
+    tune_optuna.addFilter(grid_done)
     with scoped_environment(tune_env), warnings.catch_warnings():
         for lg in loggers.values():
             lg.setLevel(logging.WARNING)
@@ -144,3 +149,11 @@ def study_process(o: StudyOptions) -> Iterator[None]:
             for name, lg in loggers.items():
                 lg.setLevel(levels[name])
             optuna.logging.set_verbosity(verbosity)
+            tune_optuna.removeFilter(grid_done)
+
+
+class GridExhausted(logging.Filter):
+    """Drops Optuna's "`Study.stop` is supposed to be invoked inside an objective" (grid done)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Study.stop" not in record.getMessage()

@@ -129,11 +129,9 @@ def study_process(o: StudyOptions) -> Iterator[None]:
     loggers = {name: logging.getLogger(name) for name in QUIET_LOGGERS}
     levels = {name: lg.level for name, lg in loggers.items()}
     verbosity = optuna.logging.get_verbosity()
-    # Optuna's grid sampler stops its study when the grid is exhausted; Ray's searcher tells
-    # Optuna outside an objective, so that stop is logged as a warning nobody can act on.
-    tune_optuna = logging.getLogger("ray.tune.search.optuna.optuna_search")
-    grid_done = GridExhausted()
-    tune_optuna.addFilter(grid_done)
+    expected = ExpectedWarnings()
+    for name in ExpectedWarnings.LOGGERS:
+        logging.getLogger(name).addFilter(expected)
     with scoped_environment(tune_env), warnings.catch_warnings():
         for lg in loggers.values():
             lg.setLevel(logging.WARNING)
@@ -149,11 +147,18 @@ def study_process(o: StudyOptions) -> Iterator[None]:
             for name, lg in loggers.items():
                 lg.setLevel(levels[name])
             optuna.logging.set_verbosity(verbosity)
-            tune_optuna.removeFilter(grid_done)
+            for name in ExpectedWarnings.LOGGERS:
+                logging.getLogger(name).removeFilter(expected)
 
 
-class GridExhausted(logging.Filter):
-    """Drops Optuna's "`Study.stop` is supposed to be invoked inside an objective" (grid done)."""
+class ExpectedWarnings(logging.Filter):
+    """Drops the warnings of a normal study that no user can act on: Optuna's grid sampler
+    stopping its study when the grid is done (Ray's searcher tells Optuna outside an objective,
+    so the stop is logged as a warning), and Tune's "... may be a performance bottleneck" when a
+    busy machine slows the driver's result handling past half a second."""
+
+    LOGGERS = ("ray.tune.search.optuna.optuna_search", "ray.tune.utils.util")
+    MESSAGES = ("`Study.stop` is supposed to be invoked", "may be a performance bottleneck")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "Study.stop" not in record.getMessage()
+        return not any(m in record.getMessage() for m in self.MESSAGES)

@@ -56,7 +56,8 @@ CLUSTER_OPTIONS = [
         "--storage",
         default="runs/studies",
         show_default=True,
-        help="Folder of study state, checkpoints and teachers.",
+        help="Folder or s3://BUCKET/PREFIX of study state, checkpoints and teachers (S3: endpoint "
+        "and keys from the AWS_* variables).",
     ),
 ]
 

@@ -46,10 +46,12 @@ def new(
     *,
     folder_name: str,
     storage: str,
+    filesystem: Any,
     epochs: int,
     tracker: tune.Callback,
 ) -> tune.Tuner:
-    """A Tuner for a new study."""
+    """A Tuner for a new study, kept under ``storage`` (a path of the pyarrow ``filesystem``, or a
+    local folder when it is None)."""
     return tune.Tuner(
         trainable(plan, data, o),
         tune_config=tune.TuneConfig(
@@ -64,6 +66,7 @@ def new(
         run_config=tune.RunConfig(
             name=folder_name,
             storage_path=storage,
+            storage_filesystem=filesystem,
             callbacks=[tracker, SavedStateBarrier()],
             # num_to_keep=1 also makes Tune save the study's state after every checkpoint (every
             # reported epoch), so a killed driver loses at most the step it was in.
@@ -74,6 +77,11 @@ def new(
     )
 
 
-def restored(path: str, plan: Plan, data: Any, o: StudyOptions) -> tune.Tuner:
+def restored(path: str, plan: Plan, data: Any, o: StudyOptions, filesystem: Any) -> tune.Tuner:
     """The Tuner of an interrupted study, with its unfinished trials to continue."""
-    return tune.Tuner.restore(path, trainable=trainable(plan, data, o), resume_unfinished=True)
+    return tune.Tuner.restore(
+        path,
+        trainable=trainable(plan, data, o),
+        resume_unfinished=True,
+        storage_filesystem=filesystem,
+    )

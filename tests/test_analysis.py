@@ -32,7 +32,7 @@ from scipy import stats
 from analysis import plots
 from analysis.plots import DPI, FIGSIZE
 from analysis.study import Study
-from distill_core import Config, EpochReport, fit, load_data, make_config
+from distill_core import Config, EpochReport, fit, load_config, load_data, make_config
 from distill_core.losses import weighted_loss
 from distill_core.methods import kd
 from studies.cli import main
@@ -541,6 +541,18 @@ def test_export_final_runs(study_uri: str, tmp_path: Path) -> None:
     assert {r.data.tags["mlflow.parentRunId"] for r in finals} == {
         r.data.tags["mlflow.parentRunId"] for r in trial_runs(study_uri)
     }
+    # Each final run holds its student as an MLflow PyTorch model: loaded back, it scores the
+    # test accuracy the run logged.
+    import mlflow.pytorch
+
+    cfg = load_config(tmp_path / "f" / "alpha-1.yaml")
+    data = load_data(make_config(cfg.model_dump(mode="json"), {"data.val_fraction": 0.0}).data)
+    for run in finals:
+        with mlflow.tracking._tracking_service.utils._use_tracking_uri(study_uri):
+            model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
+        with torch.no_grad():
+            acc = (model(data.test_x).argmax(1) == data.test_y).float().mean().item()
+        assert acc == pytest.approx(run.data.metrics["test_acc"], abs=1e-6)
 
 
 @pytest.mark.parametrize(

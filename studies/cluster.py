@@ -123,6 +123,8 @@ def study_process(o: StudyOptions) -> Iterator[None]:
     tune_env = {
         "RAY_AIR_NEW_OUTPUT": "0",  # with verbose=0: no status tables, our own lines
         "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+        # no CSV and TensorBoard files per trial (tuner.new keeps result.json): less per report
+        "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
         # With a searcher Tune starts one trial at a time; allow as many pending as can run.
         "TUNE_MAX_PENDING_TRIALS_PG": str(max(1, min(slots, o.max_concurrent or slots))),
     }

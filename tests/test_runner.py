@@ -131,7 +131,18 @@ class Errors(logging.Handler):
         self.lines.append(f"{record.name}: {record.getMessage()}")
 
 
-@pytest.mark.parametrize("name", [s.name for s in list_spaces()])
+# In the default suite: the preset `make study` runs and one space per kind of method (offline KD
+# with a teacher checkpoint, online peers); every other space in the slow set (each is a study).
+DEFAULT_SMOKE = {"quickstart", "teacher_epoch", "dml_vs_kd"}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(s.name, marks=() if s.name in DEFAULT_SMOKE else pytest.mark.slow)
+        for s in list_spaces()
+    ],
+)
 def test_every_space_and_preset_runs_as_smoke_test(
     name: str, store: Path, ray_session: str
 ) -> None:

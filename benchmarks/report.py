@@ -17,9 +17,11 @@ BENCHMARKS = {
     "trainer_throughput": "a training epoch of fit() vs the usual DataLoader loop",
     "kd_cost": "a KD epoch vs a scratch epoch of the same student",
     "study_efficiency": "an 8-trial Ray Tune study vs the same 8 fit() calls in a row",
+    "study_vs_optuna": "the quickstart study vs the plain sequential Optuna loop a user would write",
     "search_efficiency": "TPE + ASHA vs the exhaustive grid on alpha x temperature",
     "memory": "peak RSS of a 3-peer DML run vs single runs",
     "gpu": "ResNet-18, bf16 + channels_last + device-resident batches vs the fp32 DataLoader loop",
+    "gpu_study": "the quickstart study with --gpus-per-trial 0.25 vs 1 (trials per GPU-hour)",
 }
 
 

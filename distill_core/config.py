@@ -271,6 +271,10 @@ class RunConfig(Section):
         False,
         description="bfloat16 autocast of training steps (CUDA; CPUs with native bf16, e.g. AVX512-BF16 or AMX)",
     )
+    teacher_amp: bool = Field(
+        False,
+        description="bfloat16 autocast of the teacher's per-batch inference (KD with augmentation; logits kept float32)",
+    )
     channels_last: bool = Field(
         True,
         description="channels-last memory format for conv nets (faster on CPU, and on CUDA with amp)",

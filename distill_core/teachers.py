@@ -46,6 +46,7 @@ _NOT_HASHED = {
     ("run", "teacher_store"),
     ("run", "eval_batch_size"),
     ("run", "amp"),
+    ("run", "teacher_amp"),
     ("run", "threads"),
     ("run", "channels_last"),
     ("run", "compile"),

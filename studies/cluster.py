@@ -123,12 +123,17 @@ def study_process(o: StudyOptions) -> Iterator[None]:
     tune_env = {
         "RAY_AIR_NEW_OUTPUT": "0",  # with verbose=0: no status tables, our own lines
         "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+        # no CSV and TensorBoard files per trial (tuner.new keeps result.json): less per report
+        "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
         # With a searcher Tune starts one trial at a time; allow as many pending as can run.
         "TUNE_MAX_PENDING_TRIALS_PG": str(max(1, min(slots, o.max_concurrent or slots))),
     }
     loggers = {name: logging.getLogger(name) for name in QUIET_LOGGERS}
     levels = {name: lg.level for name, lg in loggers.items()}
     verbosity = optuna.logging.get_verbosity()
+    expected = ExpectedWarnings()
+    for name in ExpectedWarnings.LOGGERS:
+        logging.getLogger(name).addFilter(expected)
     with scoped_environment(tune_env), warnings.catch_warnings():
         for lg in loggers.values():
             lg.setLevel(logging.WARNING)
@@ -144,3 +149,18 @@ def study_process(o: StudyOptions) -> Iterator[None]:
             for name, lg in loggers.items():
                 lg.setLevel(levels[name])
             optuna.logging.set_verbosity(verbosity)
+            for name in ExpectedWarnings.LOGGERS:
+                logging.getLogger(name).removeFilter(expected)
+
+
+class ExpectedWarnings(logging.Filter):
+    """Drops the warnings of a normal study that no user can act on: Optuna's grid sampler
+    stopping its study when the grid is done (Ray's searcher tells Optuna outside an objective,
+    so the stop is logged as a warning), and Tune's "... may be a performance bottleneck" when a
+    busy machine slows the driver's result handling past half a second."""
+
+    LOGGERS = ("ray.tune.search.optuna.optuna_search", "ray.tune.utils.util")
+    MESSAGES = ("`Study.stop` is supposed to be invoked", "may be a performance bottleneck")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(m in record.getMessage() for m in self.MESSAGES)

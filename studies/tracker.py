@@ -1,6 +1,9 @@
 """``StudyTracker``: the Ray Tune callback, in the driver, that writes a study to MLflow.
 
-One process writes the store (SQLite allows one writer). The MLflow store itself says which child
+One process writes the store (SQLite allows one writer): the tracker creates runs itself and queues
+every other write (epochs, ends) to one writer thread, in order, off the trials' critical path;
+the queue is flushed whenever Tune saves the study's state (``get_state``) and at the end, so that
+what ``--resume`` restores is never ahead of MLflow. The MLflow store itself says which child
 run belongs to which trial x seed (tags ``distill.trial_id`` and ``seed``): a resumed study finds
 its runs there, in one search at setup, and continues them, so nothing depends on Tune having
 saved this callback before the driver died. The layout is docs/tracking.md; what a user can rely
@@ -10,6 +13,8 @@ on after a crash is the README's "Fault tolerance".
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +83,8 @@ class StudyTracker(tune.Callback):
         self._ended: set[str] = set()  # runs with a final status
         self._reopen: set[str] = set()  # runs closed as interrupted, reopened at their next epoch
         self._steps: dict[str, int] = {}  # run id -> last epoch logged
+        self._writer: ThreadPoolExecutor | None = None  # the one thread that writes to MLflow
+        self._writes: list[Future[None]] = []  # queued writes, not yet known done
         self._checked = False  # runs of trials Tune does not know are closed at the first step
 
     def __getstate__(self) -> dict[str, Any]:
@@ -90,6 +97,7 @@ class StudyTracker(tune.Callback):
 
     def setup(self, total_num_samples: int | None = None, **info: Any) -> None:
         self._client = MlflowClient(self.tracking_uri)
+        self._writer = ThreadPoolExecutor(1, "mlflow-writer")
         self._total = total_num_samples or 0
         children = schema.children(self.parent_run_id)
         for run in search_runs(self._client, [self.experiment_id], children):
@@ -101,6 +109,22 @@ class StudyTracker(tune.Callback):
             elif status != Status.RUNNING:
                 self._ended.add(run_id)
 
+    def _write(self, write: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+        """Queue one MLflow write (they run in order, in the writer thread)."""
+        assert self._writer is not None, "setup() starts the writer"
+        self._writes.append(self._writer.submit(write, *args, **kwargs))
+
+    def _flush(self) -> None:
+        """Wait until every queued write is done (raising the first error of one)."""
+        writes, self._writes = self._writes, []
+        for write in writes:
+            write.result()
+
+    def get_state(self) -> None:
+        """Tune calls this as it saves the study's state: MLflow is flushed first, so that it is
+        never behind that state. The tracker keeps no state of its own (see ``setup``)."""
+        self._flush()
+
     def on_step_begin(self, iteration: int, trials: list[Any], **info: Any) -> None:
         if self._checked:
             return
@@ -108,7 +132,7 @@ class StudyTracker(tune.Callback):
         known = {t.trial_id for t in trials}
         for trial_id in set(self._runs) - known:
             for run_id in self._runs.pop(trial_id).values():
-                RunLogger(self._client, run_id).abandon(ABANDONED)
+                self._write(RunLogger(self._client, run_id).abandon, ABANDONED)
 
     def _run(self, trial: Any, seed: int) -> str:
         seeds = self._runs.setdefault(trial.trial_id, {})
@@ -156,18 +180,22 @@ class StudyTracker(tune.Callback):
                 if run_id not in self._steps:
                     self._steps[run_id] = last_step(self._client, run_id)
                 if got["epoch"] > self._steps[run_id]:  # a restored trial replays no epoch
-                    logger.log_epoch(got["epoch"], got["metrics"])
+                    self._write(logger.log_epoch, got["epoch"], got["metrics"])
                     self._steps[run_id] = got["epoch"]
             if "status" in got:
-                logger.finish(
-                    got["status"], got["final"], step=got["epochs"], reason=got.get("reason")
+                self._write(
+                    logger.finish,
+                    got["status"],
+                    got["final"],
+                    step=got["epochs"],
+                    reason=got.get("reason"),
                 )
                 self._ended.add(run_id)
 
     def _close(self, trial: Any, status: Status, reason: str | None = None) -> None:
         for run_id in self._runs.get(trial.trial_id, {}).values():
             if run_id not in self._ended:
-                RunLogger(self._client, run_id).finish(status, reason=reason)
+                self._write(RunLogger(self._client, run_id).finish, status, reason=reason)
                 self._ended.add(run_id)
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
@@ -178,7 +206,7 @@ class StudyTracker(tune.Callback):
     def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         """A trial whose worker failed and that Ray retries: its runs stay open and continue."""
         for run_id in self._runs.get(trial.trial_id, {}).values():
-            self._client.set_tag(run_id, schema.RETRIES, str(trial.num_failures))
+            self._write(self._client.set_tag, run_id, schema.RETRIES, str(trial.num_failures))
         print(
             f"trial {trial.trial_id}: {trial_error(trial)}; retrying from its last checkpoint "
             f"(retry {trial.num_failures} of {trial.max_failures})",
@@ -199,8 +227,11 @@ class StudyTracker(tune.Callback):
         """
         for seeds in self._runs.values():
             for run_id in set(seeds.values()) - self._ended - self._reopen:
-                RunLogger(self._client, run_id).finish(Status.INTERRUPTED)
+                self._write(RunLogger(self._client, run_id).finish, Status.INTERRUPTED)
                 self._reopen.add(run_id)
+        self._flush()
+        if self._writer is not None:
+            self._writer.shutdown()
 
     def _say(self, trials: list[Any], trial: Any, failed: bool = False) -> None:
         done = sum(t.status in ("TERMINATED", "ERROR") for t in trials) + 1

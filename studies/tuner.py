@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ray import tune
+from ray.tune.logger import JsonLoggerCallback
 
 from studies import search
 from studies.options import Settings, StudyOptions
@@ -67,7 +68,9 @@ def new(
             name=folder_name,
             storage_path=storage,
             storage_filesystem=filesystem,
-            callbacks=[tracker, SavedStateBarrier()],
+            # Tune's other default loggers (CSV, TensorBoard) are off (cluster.study_process):
+            # MLflow has every metric; result.json stays, a trial's record in its folder.
+            callbacks=[tracker, SavedStateBarrier(), JsonLoggerCallback()],
             # num_to_keep=1 also makes Tune save the study's state after every checkpoint (every
             # reported epoch), so a killed driver loses at most the step it was in.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),

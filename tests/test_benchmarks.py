@@ -18,7 +18,15 @@ from typing import Any
 import pytest
 import torch
 
-from benchmarks import kd_cost, memory, search_efficiency, study_efficiency, trainer_throughput
+from benchmarks import (
+    gpu_study,
+    kd_cost,
+    memory,
+    search_efficiency,
+    study_efficiency,
+    study_vs_optuna,
+    trainer_throughput,
+)
 from benchmarks.common import OPS
 from benchmarks.report import BENCHMARKS, render
 
@@ -76,9 +84,16 @@ def test_trainer_throughput(out: Path) -> None:
 
 def test_kd_cost(out: Path) -> None:
     kd_cost.main(["--quick", "--threads", "1", "--out", str(out)])
-    cached, augmented = check(out, "kd_cost", rows=2)
+    cached, augmented, floor, bf16 = check(out, "kd_cost", rows=4)
     assert cached["target"] == "ratio <= 1.15" and augmented["target"] is None
     assert cached["value"] == pytest.approx(sum(cached["kd_epoch_s"]) / len(cached["kd_epoch_s"]))
+    # The floor: the scratch epoch plus the teacher's inference alone, measured in the same run.
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    assert floor["target"] == "ratio <= 1.15" and floor["value"] == augmented["value"]
+    scratch, teacher = augmented["scratch_epoch_s"], augmented["teacher_kd_pass_s"]
+    assert floor["baseline"] == pytest.approx(mean(scratch) + mean(teacher))
+    assert bf16["baseline"] == floor["baseline"] and bf16["target"] is None
+    assert bf16["value"] == pytest.approx(mean(augmented["kd_bf16_epoch_s"]))
 
 
 def test_memory(out: Path) -> None:
@@ -112,6 +127,15 @@ def test_gpu_script_without_cuda_says_so_and_exits_0(tmp_path: Path) -> None:
     assert not list(tmp_path.iterdir())  # a skipped run never overwrites real GPU results
 
 
+def test_gpu_study_without_cuda_says_so_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert gpu_study.main(["--quick", "--out", str(tmp_path)]) == 0
+    assert "gpu_study: no CUDA device" in capsys.readouterr().out
+    assert not list(tmp_path.iterdir())
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_gpu(out: Path) -> None:
     subprocess.run(
@@ -130,6 +154,24 @@ def test_study_efficiency(out: Path, ray_session: str) -> None:
     assert wall["trials"] == 8
     assert teachers["value"] == teachers["baseline"] == teachers["fit_teachers"] == 1
     assert teachers["pass"] is True
+
+
+@pytest.mark.slow
+def test_study_vs_optuna(out: Path, ray_session: str) -> None:
+    study_vs_optuna.main(["--quick", "--threads", "1", "--out", str(out)])
+    wall, accuracy, fixed, per_trial = check(out, "study_vs_optuna", rows=4)
+    assert (
+        wall["target"] == "ratio <= 0.6" and wall["study_epochs"] > 0 and wall["plain_epochs"] > 0
+    )
+    # both sides try the same number of trials, each epoch at most once per trial
+    assert (
+        wall["study_epochs"] <= study_vs_optuna.QUICK_TRIALS * study_vs_optuna.QUICK["run.epochs"]
+    )
+    se = (accuracy["baseline"] / 100 * (1 - accuracy["baseline"] / 100) / accuracy["val_n"]) ** 0.5
+    assert accuracy["gap_se"] == pytest.approx(
+        (accuracy["baseline"] - accuracy["value"]) / 100 / se
+    )
+    assert fixed["target"] == "value <= 10" and per_trial["target"] == "value <= 1"
 
 
 @pytest.mark.slow

@@ -122,6 +122,7 @@ def test_tracker_takes_its_runs_from_mlflow_after_a_restart(mlruns: str) -> None
         end = {"status": "completed", "final": {"test_acc": 0.5}, "epochs": epoch} if last else {}
         seeds = {s: {"epoch": epoch, "metrics": metrics, **end} for s in ("0", "1")}
         t.on_trial_result(epoch, [], trial(trial_id), {"seeds": seeds})
+        t.get_state()  # Tune saves the study's state after each report: the tracker flushes first
 
     first = tracker()
     first.on_step_begin(0, [])

@@ -17,7 +17,7 @@ from distill_core.data import Batch, Splits, load_data
 from distill_core.errors import ConfigError
 from distill_core.methods import METHODS, Method
 from distill_core.teachers import TeacherStore, assistant_spec, teacher_spec
-from distill_core.trainer import EpochReport, fit
+from distill_core.trainer import EpochReport, fit, fit_epochs
 
 CPU = torch.device("cpu")
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -339,3 +339,31 @@ def test_training_steps_never_read_values_back_from_the_device(
     result = fit(cfg)
     assert result.status == "completed" and len(result.history) == 2
     assert reads == []
+
+
+def test_kd_from_a_bf16_teacher_learns_as_from_an_fp32_one(store: Path) -> None:
+    """run.teacher_amp (the teacher's per-batch inference in bfloat16, with augmentation): the
+    teacher's predictions and the student's accuracy and agreement are unchanged beyond noise."""
+    kw = {
+        "method.name": "kd",
+        "data.augment": True,
+        "teacher.model": "cnn_small",
+        "teacher.epochs": 2,
+    }
+    kw["run.epochs"] = 3
+    finals = {amp: fit(config(store, **kw, **{"run.teacher_amp": amp})).final for amp in (0, 1)}
+    fp32, bf16 = finals[False], finals[True]
+    n = fp32["val_n"]
+    for metric in ("val_acc", "val_agreement"):
+        p = fp32[metric]
+        se = (2 * max(p * (1 - p), 1 / n) / n) ** 0.5  # of a difference of two proportions
+        assert abs(bf16[metric] - p) <= 3 * se, (metric, p, bf16[metric])
+    # The teacher itself: bf16 logits pick the same class as fp32 on (nearly) every image.
+    cfg = config(store, **kw, **{"run.teacher_amp": True})
+    data = load_data(cfg.data)
+    teacher = TeacherStore(store).teacher_for(cfg, data, CPU, train=fit_epochs)
+    method = build(cfg, data, teacher)
+    batch = first(data, 256)
+    with torch.inference_mode():
+        exact = teacher(batch.x).argmax(1)
+    assert (method.teacher_logits(batch).argmax(1) == exact).float().mean() >= 0.97

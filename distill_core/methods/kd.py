@@ -5,7 +5,8 @@ TAKD differs only in where its teacher comes from (the teacher assistant, see ``
 
 The teacher runs in eval mode. Without augmentation its logits on the training split are the same
 every epoch: they are computed once and looked up by the batch's indices (``teacher_logits``);
-with augmentation the teacher runs on every batch.
+with augmentation the teacher runs on every batch (in inference mode; in bfloat16 with
+``run.teacher_amp``).
 """
 
 from __future__ import annotations
@@ -53,9 +54,11 @@ class KD(Method):
             if self._train_logits is None:
                 self._train_logits = train_logits(self.cfg, self.teacher, self.data)
             return self._train_logits[batch.index]
-        with torch.inference_mode():
+        bf16 = self.cfg.run.teacher_amp
+        with torch.inference_mode(), torch.autocast(batch.x.device.type, torch.bfloat16, bf16):
             logits = self.teacher(batch.x)
-        return logits.clone()  # a normal tensor: the mse term saves its target for backward
+        # a float32 tensor outside inference mode: the mse term saves its target for backward
+        return logits.to(torch.float32, copy=True)
 
     def train_step(
         self, batch: Batch, epoch: int, optimizers: list[torch.optim.Optimizer]

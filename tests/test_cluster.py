@@ -196,6 +196,11 @@ def test_trials_spread_over_nodes_and_survive_a_lost_node(
         before = counts(trial_runs(client, name))
         nodes.kill("a")
         killed_at = time.time()
+        # Tune noticed the loss when the tracker tags the lost trials' runs with their retry
+        while not any("distill.retries" in r.data.tags for r in trial_runs(client, name)):
+            assert proc.poll() is None and time.time() < killed_at + 300, log.read_text()
+            time.sleep(0.2)
+        noticed = time.time() - killed_at
         assert proc.wait(timeout=500) == 0, log.read_text()
         finished_after = time.time() - killed_at
     finally:
@@ -229,7 +234,8 @@ def test_trials_spread_over_nodes_and_survive_a_lost_node(
     assert set(moved) <= retried
     print(
         f"\ntrials per node (first node): {per_node}; rescheduled after the node loss: {len(moved)}; "
-        f"first epoch on the surviving node {rescheduled:.1f} s after the kill, study finished "
+        f"retries queued {noticed:.1f} s after the kill, first epoch of a moved trial on the "
+        f"surviving node {rescheduled:.1f} s after it (once a slot was free), study finished "
         f"{finished_after:.1f} s after it; MLflow trial runs before the kill {before}, after "
         f"{counts(trial_runs(client, name))}"
     )

@@ -306,5 +306,12 @@ def test_study_resume_and_report_kept_on_s3(
     assert (location(s3) / "a" / "report" / "report.md").read_text() == (
         tmp_path / "r" / "report.md"
     ).read_text()
+    out = CliRunner().invoke(
+        main, ["export", "a", "--storage", s3, "--top-k", "1", "--out", str(tmp_path / "e")]
+    )
+    assert out.exit_code == 0, out.output
+    assert (location(s3) / "a" / "exports" / "a-1.yaml").read_text() == (
+        tmp_path / "e" / "a-1.yaml"
+    ).read_text()
     missing = CliRunner().invoke(main, ["report", "nope", "--storage", s3])
     assert missing.exit_code == 2 and "no study 'nope' in --storage" in missing.output

@@ -217,7 +217,7 @@ def reproduce(paper: str | None, listing: bool, **kwargs: object) -> None:
     PAPER is a seed paper's id (000 ... 004) or all.
     Examples:
       distill-study reproduce --list
-      distill-study reproduce 000                 # laptop scale, about 10 minutes on 2 cores
+      distill-study reproduce 000                 # laptop scale, 15-25 minutes on 2 cores
       distill-study reproduce all --seeds 5
       distill-study reproduce 002 --scale paper --data-dir ~/data --gpus-per-trial 0.25
     Writes reproduction.md and reproduction.json into the study folder (also logged to MLflow).

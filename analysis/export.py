@@ -28,12 +28,12 @@ from distill_core import (
     EpochReport,
     Splits,
     UserError,
-    build_model,
     fit,
     load_config,
     load_data,
     make_config,
 )
+from distill_core.methods import METHODS
 from tracking import schema
 from tracking.client import RunLogger
 from tracking.schema import FINISHED, Role, Status
@@ -170,10 +170,16 @@ def final_runs(
 
 
 def student(cfg: Config, report: EpochReport, data: Splits) -> torch.nn.Module:
-    """The trained network of a run (its first: the student) at ``report``'s epoch, in eval mode."""
-    net = build_model(cfg.model.name, data.in_channels, data.num_classes, data.image_size)
-    net.load_state_dict(report.state()["method"]["nets"][0])
-    return net.eval()
+    """The network whose test numbers a run reports, at ``report``'s epoch, in eval mode: the
+    student, or (peers, branches) the one with the best validation accuracy, as the trainer picks
+    it (the first on a tie, e.g. without a validation split)."""
+    # The weights come from the state: no pretrained file to read, no compiled (unpicklable) module.
+    cfg = make_config(cfg.model_dump(mode="json"), {"model.pretrained": None, "run.compile": False})
+    method = METHODS.get(cfg.method.name)(cfg, data, torch.device("cpu"), None)
+    method.load_state_dict(report.state()["method"])
+    models = method.eval_models()
+    best = max(models, key=lambda n: report.metrics.get(f"{n}_val_acc" if n else "val_acc", 0.0))
+    return models[best].eval()
 
 
 def _run_config(study: Study, run_id: str) -> Config:

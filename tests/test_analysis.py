@@ -868,3 +868,29 @@ def test_crash_share_with_a_collapsed_run(lambda_report: tuple[str, Path]) -> No
     assert share in status and "12% crashed, diverged or failed" in status
     row = table_rows(text, "## All configs")["g3"]
     assert row["n"] == "2/2" and sorted(row["status"].split(", ")) == ["completed x1", "crashed x1"]
+
+
+@pytest.mark.parametrize("method", ["dml", "pcl"])
+def test_exported_network_is_the_one_whose_test_accuracy_is_reported(method: str) -> None:
+    """With peers or branches the trainer reports the one with the best validation accuracy:
+    the network ``export --final`` logs as an MLflow model is that one, not the first."""
+    from analysis.export import student
+
+    cfg = make_config(
+        {
+            "data": {"name": "synthetic"},
+            "model": {"name": "mlp"},
+            "method": {"name": method, "peers": 3},
+            "run": {"epochs": 2, "batch_size": 64, "seed": 0},
+        }
+    )
+    data = load_data(cfg.data)
+    reports = []
+    final = fit(cfg, on_epoch=reports.append, data=data).final
+    best = max(range(3), key=lambda i: reports[-1].metrics[f"peer{i}_val_acc"])
+    assert best != 0, "pick a seed where the first peer is not the best (else this proves nothing)"
+    net = student(cfg, reports[-1], data)
+    with torch.no_grad():
+        acc = (net(data.test_x).argmax(1) == data.test_y).float().mean().item()
+    assert acc == pytest.approx(final[f"peer{best}_test_acc"], abs=1e-6)
+    assert acc == pytest.approx(final["test_acc"], abs=1e-6)

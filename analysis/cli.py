@@ -14,6 +14,29 @@ from distill_core import UserError
 from distill_core.errors import require_writable
 
 TRACKING_HELP = "MLflow tracking URI or store folder (default: ./runs/mlflow.db)."
+STORAGE_HELP = (
+    "The --storage the study ran with (a folder or s3://BUCKET/PREFIX): its MLflow store is "
+    "read from the study file there, and the files written are also kept there."
+)
+
+
+def _open(study: str, tracking_uri: str | None, storage: str | None) -> object:
+    """The MLflow client of ``study``: ``--tracking-uri``, else the one its study file records."""
+    from distill_core.storage import read_study_record
+    from tracking.client import open_client
+
+    if storage and not tracking_uri:
+        tracking_uri = read_study_record(storage, study)["tracking_uri"]
+    return open_client(tracking_uri)
+
+
+def _keep(files: list[Path], storage: str | None, study: str, folder: str) -> None:
+    """Copy ``files`` into ``<storage>/<study>/<folder>/``."""
+    if storage:
+        from distill_core.storage import copy_into, location
+
+        copy_into(files, location(storage) / study / folder)
+        click.echo(f"kept in {location(storage) / study / folder}")
 
 
 @click.command()
@@ -26,21 +49,25 @@ TRACKING_HELP = "MLflow tracking URI or store folder (default: ./runs/mlflow.db)
     help="Folder for report.md and the plots (default: ./runs/reports/STUDY).",
 )
 @click.option("--force", is_flag=True, help="Write into --out even if it holds other files.")
-def report(study: str, tracking_uri: str | None, out: Path | None, force: bool) -> None:
+@click.option("--storage", default=None, help=STORAGE_HELP)
+def report(
+    study: str, tracking_uri: str | None, out: Path | None, force: bool, storage: str | None
+) -> None:
     """Plots and a Markdown report of STUDY, also logged to its MLflow parent run under report/.
 
     \b
     Example:  distill-study report alpha
+              distill-study report dkel_decay --storage s3://lab-studies/dkel
     """
     from analysis.report import ARTIFACT_DIR, write_report
     from analysis.study import load_study
-    from tracking.client import open_client
 
     out = out or Path("runs") / "reports" / study
     require_writable(out, "pass a writable --out folder")
-    loaded = load_study(open_client(tracking_uri), study)
+    loaded = load_study(_open(study, tracking_uri, storage), study)
     files = write_report(loaded, out, force=force)
     click.echo(f"report: {files[0]} and {len(files) - 1} plots")
+    _keep(files, storage, study, "report")
     click.echo(
         f"logged to MLflow run {loaded.parent_run_id} under {ARTIFACT_DIR}/ (see distill-study ui)"
     )
@@ -67,6 +94,7 @@ def report(study: str, tracking_uri: str | None, out: Path | None, force: bool) 
 )
 @click.option("--seeds", type=int, default=None, help="Seeds per config for --final (default: 3).")
 @click.option("--tracking-uri", default=None, help=TRACKING_HELP)
+@click.option("--storage", default=None, help=STORAGE_HELP)
 def export(
     study: str,
     top_k: int,
@@ -75,6 +103,7 @@ def export(
     final: bool,
     seeds: int | None,
     tracking_uri: str | None,
+    storage: str | None,
 ) -> None:
     """Write the best configs of STUDY (ranked on validation) as YAML runnable by `train --config`.
 
@@ -82,21 +111,22 @@ def export(
     Example:  distill-study export alpha --top-k 3 --out best/
               distill-study train --config best/alpha-1.yaml
     With --final the configs are retrained on train+val with --seeds seeds and logged to the
-    study as child runs tagged distill.role=final.
+    study as child runs tagged distill.role=final, each with its trained student as an MLflow
+    PyTorch model (artifact path "model").
     """
     from analysis.export import export_configs, final_runs
     from analysis.report import mean_std
     from analysis.study import load_study
-    from tracking.client import open_client
 
     if seeds is not None and not final:
         raise UserError("--seeds only applies to final runs; add --final or drop --seeds")
     out = out or Path("runs") / "exports" / study
     require_writable(out, "pass a writable --out folder")
-    loaded = load_study(open_client(tracking_uri), study)
+    loaded = load_study(_open(study, tracking_uri, storage), study)
     exported = export_configs(loaded, top_k=top_k, out=out, force=force)
     for item in exported:
         click.echo(f"#{item.rank} {item.group}: {item.path}")
+    _keep([item.path for item in exported], storage, study, "exports")
     if len(exported) < top_k:
         click.echo(
             f"only {len(exported)} configs of {study!r} are ranked (no diverged or failed seed)"

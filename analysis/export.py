@@ -4,7 +4,8 @@ The exported file is the ``config.yaml`` artifact of the config's lowest finishe
 again by ``distill_core.make_config``, with a header comment; ``distill-study train --config``
 runs it unchanged. Final runs follow the Tuning Playbook: retrain on train+val
 (``data.val_fraction=0``) with several seeds, report test metrics, and log them as child runs
-tagged ``distill.role=final`` so they never mix with the search's trials.
+tagged ``distill.role=final`` so they never mix with the search's trials; each final run also
+logs its trained student as an MLflow PyTorch model (artifact ``model``).
 """
 
 from __future__ import annotations
@@ -17,11 +18,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from analysis.outdir import prepare_out
 from analysis.report import mean_std
 from analysis.study import TEST_METRICS, Study, seed_key
-from distill_core import Config, EpochReport, UserError, fit, load_config, make_config
+from distill_core import (
+    Config,
+    EpochReport,
+    Splits,
+    UserError,
+    fit,
+    load_config,
+    load_data,
+    make_config,
+)
+from distill_core.methods import METHODS
 from tracking import schema
 from tracking.client import RunLogger
 from tracking.schema import FINISHED, Role, Status
@@ -120,11 +132,19 @@ def final_runs(
                 tags=tags,
             )
 
-            def on_epoch(report: EpochReport, logger: RunLogger = logger) -> None:
+            last: list[EpochReport] = []
+
+            def on_epoch(
+                report: EpochReport, logger: RunLogger = logger, last: list = last
+            ) -> None:
                 logger.log_epoch(report.epoch, report.metrics)
+                last[:] = [report]
 
             try:
-                result = fit(cfg, on_epoch=on_epoch)
+                data = load_data(cfg.data)
+                result = fit(cfg, on_epoch=on_epoch, data=data)
+                if result.status in FINISHED and last:
+                    logger.log_model(student(cfg, last[0], data), data.test_x[:4].cpu().numpy())
             except BaseException:
                 logger.finish(Status.FAILED)
                 raise
@@ -147,6 +167,19 @@ def final_runs(
     summary = frame.groupby("config", sort=False)[metrics].agg(["mean", "std"])
     summary.columns = [f"{m} {s}" for m, s in summary.columns]
     return summary
+
+
+def student(cfg: Config, report: EpochReport, data: Splits) -> torch.nn.Module:
+    """The network whose test numbers a run reports, at ``report``'s epoch, in eval mode: the
+    student, or (peers, branches) the one with the best validation accuracy, as the trainer picks
+    it (the first on a tie, e.g. without a validation split)."""
+    # The weights come from the state: no pretrained file to read, no compiled (unpicklable) module.
+    cfg = make_config(cfg.model_dump(mode="json"), {"model.pretrained": None, "run.compile": False})
+    method = METHODS.get(cfg.method.name)(cfg, data, torch.device("cpu"), None)
+    method.load_state_dict(report.state()["method"])
+    models = method.eval_models()
+    best = max(models, key=lambda n: report.metrics.get(f"{n}_val_acc" if n else "val_acc", 0.0))
+    return models[best].eval()
 
 
 def _run_config(study: Study, run_id: str) -> Config:

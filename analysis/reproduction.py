@@ -34,6 +34,7 @@ from analysis.stats import (
     Summary,
     Verdict,
     difference,
+    number,
     proportion_difference,
     slope,
     slope_difference,
@@ -152,7 +153,7 @@ def _evaluate(study: Study, claim: Any) -> Result:
         n = min(s.n for s in arms.values())
     judged = verdict(
         est, low, high, threshold=claim.threshold, direction=claim.direction, n=n,
-        confidence=CONFIDENCE, unit=unit, scale=scale,
+        confidence=CONFIDENCE, unit=unit, scale=scale, signed=claim.kind != "level",
     )  # fmt: skip
     return Result(claim, arms, est, low, high, effect, judged)
 
@@ -245,18 +246,16 @@ def render(results: list[Result], setting: dict[str, Any], drawn: dict[str, str 
     return "\n".join(lines) + "\n"
 
 
-def _num(x: float, scale: float = 1.0, signed: bool = False) -> str:
-    if x is None or not math.isfinite(x):
-        return "-"
-    value = round(x * scale, 9) or 0.0  # rounding noise of a mean difference is no difference
-    return f"{value:+.3g}" if signed else f"{value:.3g}"
+def _num(x: float | None, scale: float = 1.0, signed: bool = False) -> str:
+    return number(None if x is None else x * scale, signed)
 
 
 def _ours(r: Result) -> str:
     scale, unit = _units(r.claim.metric)
     if math.isnan(r.low):
         return f"{_num(r.estimate, scale)}{unit} (no interval)"
-    return f"{_num(r.estimate, scale, signed=True)}{unit} [{_num(r.low, scale)}, {_num(r.high, scale)}]"
+    signed = r.claim.kind != "level"
+    return f"{_num(r.estimate, scale, signed)}{unit} [{_num(r.low, scale)}, {_num(r.high, scale)}]"
 
 
 def _test(claim: Any) -> str:

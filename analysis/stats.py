@@ -214,7 +214,8 @@ class Verdict:
 
     ``seeds_needed``: for an inconclusive result, how many seeds would shrink the interval below
     the gap to the threshold if the spread stays; None otherwise. ``scale``, ``unit`` and ``noun``
-    (what ``n`` counts) only change how ``sentence`` reads (e.g. 100 and " points" for accuracies).
+    (what ``n`` counts) only change how ``sentence`` reads (e.g. 100 and " points" for accuracies);
+    ``signed``: the estimate is a difference or a slope (shown with its sign), not a level.
     """
 
     outcome: str
@@ -229,20 +230,21 @@ class Verdict:
     unit: str = ""
     scale: float = 1.0
     noun: str = "seed"
+    signed: bool = True
 
     @property
     def sentence(self) -> str:
         """E.g. ``reproduced: +2.1 points [0.8, 3.4] > 0 over 5 seeds``."""
         claim = ">" if self.direction == "greater" else "<"
         other = "<" if self.direction == "greater" else ">"
-        threshold = _num(self.threshold * self.scale)
+        threshold = number(self.threshold * self.scale)
         seeds = f"over {self.n} {self.noun}{'s' if self.n != 1 else ''}"
-        spread = f" (sd {_num(self.sd * self.scale)}{self.unit})" if self.sd is not None else ""
-        value = f"{_num(self.estimate * self.scale, signed=True)}{self.unit}"
+        spread = f" (sd {number(self.sd * self.scale)}{self.unit})" if self.sd is not None else ""
+        value = f"{number(self.estimate * self.scale, signed=self.signed)}{self.unit}"
         if math.isnan(self.low) or math.isnan(self.high):
             text = f"{self.outcome}: {value} {seeds}, no interval{spread}"
         else:
-            interval = f"[{_num(self.low * self.scale)}, {_num(self.high * self.scale)}]"
+            interval = f"[{number(self.low * self.scale)}, {number(self.high * self.scale)}]"
             if self.outcome == "reproduced":
                 text = f"reproduced: {value} {interval} {claim} {threshold} {seeds}{spread}"
             elif self.outcome == "not reproduced":
@@ -275,6 +277,7 @@ def verdict(
     unit: str = "",
     scale: float = 1.0,
     noun: str = "seed",
+    signed: bool = True,
 ) -> Verdict:
     """Judge the claim "estimate > threshold" (``direction="greater"``) or "<" (``"less"``).
 
@@ -285,7 +288,8 @@ def verdict(
     |estimate - threshold|``: the t half-width shrinks as ``1/sqrt(n)`` if the spread stays.
     Without an interval but with ``sd`` (the spread of one seed), it is the smallest ``n' > n``
     whose t half-width ``t(n'-1) sd / sqrt(n')`` at ``confidence`` is below the gap. None when the
-    gap is 0 or nothing measures the spread. ``unit``, ``scale`` and ``noun`` shape the sentence.
+    gap is 0 or nothing measures the spread. ``unit``, ``scale``, ``noun`` and ``signed`` shape the
+    sentence.
     """
     if direction not in ("greater", "less"):
         raise ValueError(f"direction must be 'greater' or 'less', got {direction!r}")
@@ -308,7 +312,7 @@ def verdict(
         if gap > 0:
             needed = max(n + 1, math.ceil(n * ((hi - lo) / 2 / gap) ** 2))
     return Verdict(
-        outcome, estimate, low, high, threshold, direction, n, needed, sd, unit, scale, noun
+        outcome, estimate, low, high, threshold, direction, n, needed, sd, unit, scale, noun, signed
     )
 
 
@@ -335,8 +339,10 @@ def _pairs(x: Iterable[float], y: Iterable[float]) -> tuple[np.ndarray, np.ndarr
     return xs[keep], ys[keep]
 
 
-def _num(value: float, signed: bool = False) -> str:
-    """Three significant digits; rounding noise (a difference of the same numbers summed in
-    another order) and ``-0`` shown as ``0``."""
+def number(value: float | None, signed: bool = False) -> str:
+    """Three significant digits; ``-`` for a missing value; rounding noise (a difference of the
+    same numbers summed in another order) and ``-0`` shown as ``0``."""
+    if value is None or not math.isfinite(value):
+        return "-"
     value = round(value, 9) or 0.0
     return f"{value:+.3g}" if signed else f"{value:.3g}"

@@ -290,7 +290,8 @@ class RunConfig(Section):
         description="torch CPU threads (default: torch's); results depend on it, so studies record it",
     )
     teacher_store: str = Field(
-        "runs/teachers", description="folder of the teacher checkpoint store"
+        "runs/teachers",
+        description="folder or s3://BUCKET/PREFIX of the teacher checkpoint store",
     )
 
     @model_validator(mode="after")

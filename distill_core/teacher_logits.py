@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from pathlib import Path
+import io
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
@@ -24,7 +25,11 @@ import torch.nn as nn
 from distill_core.config import Config
 from distill_core.data import Splits
 from distill_core.models import predict
-from distill_core.teachers import TeacherStore, atomic_write, required_teachers
+from distill_core.storage import is_local, write_atomic
+from distill_core.teachers import TeacherStore, required_teachers
+
+if TYPE_CHECKING:
+    from upath import UPath
 
 
 def fingerprint(train_x: torch.Tensor, teacher: nn.Module) -> str:
@@ -57,19 +62,22 @@ def train_logits(cfg: Config, teacher: nn.Module, data: Splits) -> torch.Tensor:
     return logits
 
 
-def _load(path: Path, shape: tuple[int, int], device: torch.device) -> torch.Tensor | None:
+def _load(path: UPath, shape: tuple[int, int], device: torch.device) -> torch.Tensor | None:
     """The stored logits, or None when missing, unreadable, or not a float32 tensor of ``shape``."""
     try:
-        logits = torch.load(path, map_location=device, weights_only=True)
+        logits = torch.load(io.BytesIO(path.read_bytes()), map_location=device, weights_only=True)
     except Exception:  # a missing, truncated or foreign file is recomputed, whatever the error
         return None
     ok = isinstance(logits, torch.Tensor) and logits.dtype == torch.float32
     return logits if ok and tuple(logits.shape) == shape else None
 
 
-def _save(path: Path, logits: torch.Tensor) -> None:
+def _save(path: UPath, logits: torch.Tensor) -> None:
     """Write atomically. A store that cannot be written (read-only, or the entry being retrained)
     only costs the next process a recomputation, so write errors are ignored."""
+    buffer = io.BytesIO()
+    torch.save(logits.cpu(), buffer)
     with contextlib.suppress(OSError):
-        path.parent.mkdir(exist_ok=True)
-        atomic_write(path, lambda tmp: torch.save(logits.cpu(), tmp))
+        if is_local(path):
+            path.parent.mkdir(exist_ok=True)
+        write_atomic(path, buffer.getvalue())

@@ -2,7 +2,8 @@
 
 A teacher is identified by a content hash of the config that trains it (data, model, optimizer,
 schedule, epochs, seed; for a TA also its own teacher). Checkpoints are written atomically with a
-SHA-256 checksum; a file lock makes concurrent requests train it once.
+SHA-256 checksum; a lease (a file lock, or a lease object on S3) makes concurrent requests train it
+once. The store is a local folder or an ``s3://`` URI (``distill_core.storage``).
 
 The store trains an entry with the trainer it is handed (``train=distill_core.fit_epochs``), so
 that the trainer, which asks the store for its teacher, and the store do not import each other.
@@ -13,18 +14,14 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import pickle
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 import torch.nn as nn
-from filelock import FileLock
 
 from distill_core.config import Config, TeacherConfig, from_tree
 from distill_core.data import Splits
@@ -32,8 +29,11 @@ from distill_core.errors import TeacherError, require_writable
 from distill_core.methods import METHODS
 from distill_core.models import build_model, pretrained_file
 from distill_core.schedules import scale_epochs
+from distill_core.storage import is_local, lease, location, remove_tree, write_atomic
 
 if TYPE_CHECKING:
+    from upath import UPath
+
     from distill_core.trainer import EpochReport
 
 #: How the store trains an entry: ``distill_core.fit_epochs`` (called as ``train(spec, data=, log=)``).
@@ -190,18 +190,6 @@ def _sha256(blob: bytes) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temp file and rename it: a reader (or a crash) never sees half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 class TeacherStore:
     """A folder of trained teachers: ``<root>/<key>/epoch_NNNN.pt`` plus ``meta.json``.
 
@@ -211,9 +199,9 @@ class TeacherStore:
     """
 
     def __init__(self, root: str | Path) -> None:
-        self.root = Path(root).expanduser().resolve()
+        self.root = location(root)
 
-    def path(self, spec: Config) -> Path:
+    def path(self, spec: Config) -> UPath:
         return self.root / store_key(spec)
 
     def meta(self, spec: Config) -> dict[str, Any] | None:
@@ -250,24 +238,20 @@ class TeacherStore:
         return meta
 
     @contextmanager
-    def _locked(self, folder: Path) -> Iterator[None]:
-        """Hold the entry's file lock (the OS releases it if this process dies)."""
-        lock = FileLock(str(folder) + ".lock")
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            lock.acquire()
-        except OSError as exc:
-            raise TeacherError(
-                f"cannot write the teacher store {self.root} ({exc.strerror or exc}); "
-                "set run.teacher_store to a writable folder"
-            ) from None
-        try:
+    def _locked(self, folder: UPath) -> Iterator[None]:
+        """Hold the entry's lease (freed when this process dies: by the OS, or by going stale)."""
+        with ExitStack() as held:
+            try:
+                held.enter_context(lease(folder))
+            except OSError as exc:
+                raise TeacherError(
+                    f"cannot write the teacher store {self.root} ({exc.strerror or exc}); "
+                    "set run.teacher_store to a writable folder"
+                ) from None
             yield
-        finally:
-            lock.release()
 
     def _intact(
-        self, folder: Path, epoch: int | None, warn: Callable[[str], None] | None
+        self, folder: UPath, epoch: int | None, warn: Callable[[str], None] | None
     ) -> dict[str, Any] | None:
         """The stored meta if ``epoch``'s checkpoint (when saved) matches its checksum, else None."""
         meta = _read_meta(folder / "meta.json")
@@ -286,7 +270,7 @@ class TeacherStore:
     def _train(
         self,
         spec: Config,
-        folder: Path,
+        folder: UPath,
         train: Train,
         save_epochs: list[int] | None,
         data: Splits | None,
@@ -294,8 +278,9 @@ class TeacherStore:
         say: Callable[[str], None],
     ) -> dict[str, Any]:
         """Train the entry from scratch into ``folder`` (the caller holds its lock)."""
-        shutil.rmtree(folder, ignore_errors=True)  # what a killed run or a corrupted entry left
-        folder.mkdir()
+        remove_tree(folder)  # what a killed run or a corrupted entry left
+        if is_local(folder):
+            folder.mkdir()
         keep = set(save_epochs or range(1, spec.run.epochs + 1)) | {spec.run.epochs}
         saved: dict[str, dict[str, Any]] = {}
         say(
@@ -315,7 +300,7 @@ class TeacherStore:
                 buffer = io.BytesIO()
                 torch.save(report.state()["method"]["nets"][0], buffer)
                 blob = buffer.getvalue()
-                atomic_write(ckpt, lambda tmp, blob=blob: tmp.write_bytes(blob))
+                write_atomic(ckpt, blob)
                 saved[str(report.epoch)] = {
                     "file": ckpt.name,
                     "sha256": _sha256(blob),
@@ -331,7 +316,7 @@ class TeacherStore:
             "final": result.final,
             "config": spec.model_dump(mode="json"),
         }
-        atomic_write(folder / "meta.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=1)))
+        write_atomic(folder / "meta.json", json.dumps(meta, indent=1).encode())
         return meta
 
     def load(self, spec: Config, epoch: int, data: Splits, device: torch.device) -> nn.Module:
@@ -375,7 +360,7 @@ class TeacherStore:
         """
         for spec, epoch, _ in required_teachers(cfg):
             meta = self.meta(spec)
-            if meta is None:  # trained by fit, with any entry after it
+            if meta is None and is_local(self.root):  # trained by fit, with any entry after it
                 require_writable(self.root, "set run.teacher_store to a writable folder")
                 return
             _entry(meta, self.path(spec), epoch)
@@ -402,7 +387,7 @@ class TeacherStore:
         return [m for m in metas if m is not None]
 
 
-def _read_meta(path: Path) -> dict[str, Any] | None:
+def _read_meta(path: UPath) -> dict[str, Any] | None:
     """A ``meta.json``, or None when missing or unreadable (such an entry is retrained)."""
     try:
         return json.loads(path.read_text())
@@ -410,7 +395,7 @@ def _read_meta(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def _read_checked(path: Path, sha256: str) -> bytes | None:
+def _read_checked(path: UPath, sha256: str) -> bytes | None:
     """The bytes of ``path`` if they match ``sha256``, else None (missing or corrupted)."""
     try:
         blob = path.read_bytes()
@@ -419,7 +404,7 @@ def _read_checked(path: Path, sha256: str) -> bytes | None:
     return blob if _sha256(blob) == sha256 else None
 
 
-def _entry(meta: dict[str, Any], folder: Path, epoch: int) -> dict[str, Any]:
+def _entry(meta: dict[str, Any], folder: UPath, epoch: int) -> dict[str, Any]:
     """The meta entry of a saved ``epoch``; TeacherError if it was never saved."""
     entry = meta["epochs"].get(str(epoch))
     if entry is None and meta["status"] == "diverged":

@@ -131,6 +131,9 @@ def study_process(o: StudyOptions) -> Iterator[None]:
     loggers = {name: logging.getLogger(name) for name in QUIET_LOGGERS}
     levels = {name: lg.level for name, lg in loggers.items()}
     verbosity = optuna.logging.get_verbosity()
+    expected = ExpectedWarnings()
+    for name in ExpectedWarnings.LOGGERS:
+        logging.getLogger(name).addFilter(expected)
     with scoped_environment(tune_env), warnings.catch_warnings():
         for lg in loggers.values():
             lg.setLevel(logging.WARNING)
@@ -146,3 +149,18 @@ def study_process(o: StudyOptions) -> Iterator[None]:
             for name, lg in loggers.items():
                 lg.setLevel(levels[name])
             optuna.logging.set_verbosity(verbosity)
+            for name in ExpectedWarnings.LOGGERS:
+                logging.getLogger(name).removeFilter(expected)
+
+
+class ExpectedWarnings(logging.Filter):
+    """Drops the warnings of a normal study that no user can act on: Optuna's grid sampler
+    stopping its study when the grid is done (Ray's searcher tells Optuna outside an objective,
+    so the stop is logged as a warning), and Tune's "... may be a performance bottleneck" when a
+    busy machine slows the driver's result handling past half a second."""
+
+    LOGGERS = ("ray.tune.search.optuna.optuna_search", "ray.tune.utils.util")
+    MESSAGES = ("`Study.stop` is supposed to be invoked", "may be a performance bottleneck")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(m in record.getMessage() for m in self.MESSAGES)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,6 +23,7 @@ import torch
 from analysis.reproduction import Result, evaluate, tally, write
 from analysis.study import load_study
 from distill_core import UserError, required_teachers, uses_teacher
+from distill_core.storage import copy_into, is_local
 from studies import cluster
 from studies.options import StudyOptions
 from studies.plan import Plan
@@ -90,9 +92,14 @@ def reproduce(
     study = load_study(open_client(result.tracking_uri), name)
     results = evaluate(study, space.claims)
     recorded, _ = prepare(replace(o, resume=True))  # the study's own, saved settings
-    files = write(
-        study, results, setting(space, recorded.plan, recorded.options, study), result.folder
-    )
+    described = setting(space, recorded.plan, recorded.options, study)
+    if is_local(result.folder):
+        files = write(study, results, described, result.folder)
+    else:  # plots and files are drawn on this machine, then kept on the study's storage
+        with tempfile.TemporaryDirectory() as tmp:
+            drawn = write(study, results, described, Path(tmp))
+            copy_into(drawn, result.folder)
+        files = [result.folder / f.name for f in drawn]
     counts = tally(results)
     say(
         f"reproduction of {space.paper}: {counts['reproduced']} reproduced, "

@@ -6,11 +6,60 @@ Ray and Optuna are imported inside ``run`` so that the rest of the CLI starts fa
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
 import click
 
 from distill_core import DATASETS
 from studies.spaces import SAMPLERS, SCALES, SCHEDULERS, list_spaces
+
+
+def cluster_options(command: Callable[..., None]) -> Callable[..., None]:
+    """The options where a study runs and what it keeps, shared by ``run`` and ``reproduce``."""
+    for option in reversed(CLUSTER_OPTIONS):
+        command = option(command)
+    return command
+
+
+CLUSTER_OPTIONS = [
+    click.option(
+        "--cpus-per-trial",
+        type=float,
+        default=1.0,
+        show_default=True,
+        help="CPUs per trial; torch uses as many threads.",
+    ),
+    click.option(
+        "--gpus-per-trial",
+        type=float,
+        default=0.0,
+        show_default=True,
+        help="GPUs per trial; 0.25 packs four trials on one GPU.",
+    ),
+    click.option(
+        "--max-concurrent",
+        type=int,
+        default=None,
+        help="At most this many trials at once (default: as resources allow).",
+    ),
+    click.option(
+        "--address",
+        default=None,
+        help="Join this Ray cluster (HOST:6379) instead of starting a local Ray.",
+    ),
+    click.option(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI or store folder (default: ./runs/mlflow.db).",
+    ),
+    click.option(
+        "--storage",
+        default="runs/studies",
+        show_default=True,
+        help="Folder or s3://BUCKET/PREFIX of study state, checkpoints and teachers (S3: endpoint "
+        "and keys from the AWS_* variables).",
+    ),
+]
 
 
 @click.command()
@@ -54,48 +103,13 @@ from studies.spaces import SAMPLERS, SCALES, SCHEDULERS, list_spaces
     help=f"Early stopping: {' | '.join(SCHEDULERS)} (default: asha; none for nsga2).",
 )
 @click.option(
-    "--cpus-per-trial",
-    type=float,
-    default=1.0,
-    show_default=True,
-    help="CPUs per trial; torch uses as many threads.",
-)
-@click.option(
-    "--gpus-per-trial",
-    type=float,
-    default=0.0,
-    show_default=True,
-    help="GPUs per trial; 0.25 packs four trials on one GPU.",
-)
-@click.option(
-    "--max-concurrent",
-    type=int,
-    default=None,
-    help="At most this many trials at once (default: as resources allow).",
-)
-@click.option(
     "--max-failures",
     type=int,
     default=2,
     show_default=True,
     help="Retries of a trial whose worker died (from its last checkpoint); config errors are not retried.",
 )
-@click.option(
-    "--address",
-    default=None,
-    help="Join this Ray cluster (HOST:6379) instead of starting a local Ray.",
-)
-@click.option(
-    "--tracking-uri",
-    default=None,
-    help="MLflow tracking URI or store folder (default: ./runs/mlflow.db).",
-)
-@click.option(
-    "--storage",
-    default="runs/studies",
-    show_default=True,
-    help="Folder of study state, checkpoints and teachers.",
-)
+@cluster_options
 @click.option(
     "--name", default=None, help="Study name (default: the space's name, numbered if taken)."
 )
@@ -187,21 +201,7 @@ def spaces() -> None:
 @click.option(
     "--data-dir", default=None, help="Folder of the paper's data set (paper scale), data.dir."
 )
-@click.option("--cpus-per-trial", type=float, default=1.0, show_default=True)
-@click.option("--gpus-per-trial", type=float, default=0.0, show_default=True)
-@click.option("--max-concurrent", type=int, default=None, help="At most this many trials at once.")
-@click.option("--address", default=None, help="Join this Ray cluster (HOST:6379).")
-@click.option(
-    "--tracking-uri",
-    default=None,
-    help="MLflow tracking URI or store folder (default: ./runs/mlflow.db).",
-)
-@click.option(
-    "--storage",
-    default="runs/studies",
-    show_default=True,
-    help="Folder of study state, checkpoints and teachers.",
-)
+@cluster_options
 @click.option(
     "--resume",
     is_flag=True,
@@ -217,7 +217,7 @@ def reproduce(paper: str | None, listing: bool, **kwargs: object) -> None:
     PAPER is a seed paper's id (000 ... 004) or all.
     Examples:
       distill-study reproduce --list
-      distill-study reproduce 000                 # laptop scale, about 10 minutes on 2 cores
+      distill-study reproduce 000                 # laptop scale, 15-25 minutes on 2 cores
       distill-study reproduce all --seeds 5
       distill-study reproduce 002 --scale paper --data-dir ~/data --gpus-per-trial 0.25
     Writes reproduction.md and reproduction.json into the study folder (also logged to MLflow).

@@ -22,7 +22,7 @@ import ray
 
 from analysis.quiet import quiet_optuna
 from distill_core import TeacherStore, UserError
-from distill_core.errors import require_writable
+from distill_core.storage import check_writable
 from studies import cluster, layout, plan, search, select, teachers, tuner
 from studies.layout import Layout
 from studies.options import SAMPLER_SEED, Settings, StudyOptions, resolve
@@ -149,7 +149,7 @@ def _ignored(o: StudyOptions) -> bool:
 
 def _checked(o: StudyOptions, space: SearchSpace) -> Settings:
     settings = resolve(o, space)
-    require_writable(o.storage, "pass a writable --storage folder")
+    check_writable(o.storage, "pass a writable --storage folder")  # before any trial starts
     if o.address:  # here, before data or Ray start: ray.init retries an unreachable head for long
         cluster.check_address(o.address)
     return settings
@@ -212,9 +212,10 @@ def _tuner(study: Study, data: Any, experiment_id: str, parent_run_id: str) -> A
     """A Tuner for a new study, or the restored one of a resumed study (a study killed before Tune
     saved anything, e.g. while teachers trained, starts its trials anew)."""
     o = study.options
-    folder = str(study.layout.folder)
-    if o.resume and tuner.tune.Tuner.can_restore(folder):
-        return tuner.restored(folder, study.plan, data, o)
+    storage, filesystem = study.layout.tune_storage()
+    folder = f"{storage}/{study.layout.name}"
+    if o.resume and tuner.tune.Tuner.can_restore(folder, storage_filesystem=filesystem):
+        return tuner.restored(folder, study.plan, data, o, filesystem)
     tracker = StudyTracker(
         tracking_uri=study.tracking_uri,
         experiment_id=experiment_id,
@@ -226,6 +227,6 @@ def _tuner(study: Study, data: Any, experiment_id: str, parent_run_id: str) -> A
     )
     return tuner.new(
         study.space, study.settings, study.plan, o, data,
-        folder_name=study.layout.name, storage=str(study.layout.storage),
+        folder_name=study.layout.name, storage=storage, filesystem=filesystem,
         epochs=study.epochs, tracker=tracker,
     )  # fmt: skip

@@ -199,4 +199,8 @@ def train_trial(config: dict[str, Any], *, plan: Plan, data: Any) -> None:
             folder = Path(tmp, str(n))
             folder.mkdir()
             torch.save(state, folder / "state.pt")
-            tune.report(report, checkpoint=tune.Checkpoint.from_directory(str(folder)))
+            # the node that ran this epoch: nothing but Ray's id tells the nodes of one host apart
+            node = ray.get_runtime_context().get_node_id()
+            tune.report(
+                {**report, "node": node}, checkpoint=tune.Checkpoint.from_directory(str(folder))
+            )

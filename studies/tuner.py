@@ -47,10 +47,12 @@ def new(
     *,
     folder_name: str,
     storage: str,
+    filesystem: Any,
     epochs: int,
     tracker: tune.Callback,
 ) -> tune.Tuner:
-    """A Tuner for a new study."""
+    """A Tuner for a new study, kept under ``storage`` (a path of the pyarrow ``filesystem``, or a
+    local folder when it is None)."""
     return tune.Tuner(
         trainable(plan, data, o),
         tune_config=tune.TuneConfig(
@@ -65,6 +67,7 @@ def new(
         run_config=tune.RunConfig(
             name=folder_name,
             storage_path=storage,
+            storage_filesystem=filesystem,
             # Tune's other default loggers (CSV, TensorBoard) are off (cluster.study_process):
             # MLflow has every metric; result.json stays, a trial's record in its folder.
             callbacks=[tracker, SavedStateBarrier(), JsonLoggerCallback()],
@@ -77,6 +80,11 @@ def new(
     )
 
 
-def restored(path: str, plan: Plan, data: Any, o: StudyOptions) -> tune.Tuner:
+def restored(path: str, plan: Plan, data: Any, o: StudyOptions, filesystem: Any) -> tune.Tuner:
     """The Tuner of an interrupted study, with its unfinished trials to continue."""
-    return tune.Tuner.restore(path, trainable=trainable(plan, data, o), resume_unfinished=True)
+    return tune.Tuner.restore(
+        path,
+        trainable=trainable(plan, data, o),
+        resume_unfinished=True,
+        storage_filesystem=filesystem,
+    )

@@ -32,7 +32,7 @@ from scipy import stats
 from analysis import plots
 from analysis.plots import DPI, FIGSIZE
 from analysis.study import Study
-from distill_core import Config, EpochReport, fit, load_data, make_config
+from distill_core import Config, EpochReport, fit, load_config, load_data, make_config
 from distill_core.losses import weighted_loss
 from distill_core.methods import kd
 from studies.cli import main
@@ -541,6 +541,18 @@ def test_export_final_runs(study_uri: str, tmp_path: Path) -> None:
     assert {r.data.tags["mlflow.parentRunId"] for r in finals} == {
         r.data.tags["mlflow.parentRunId"] for r in trial_runs(study_uri)
     }
+    # Each final run holds its student as an MLflow PyTorch model: loaded back, it scores the
+    # test accuracy the run logged.
+    import mlflow.pytorch
+
+    cfg = load_config(tmp_path / "f" / "alpha-1.yaml")
+    data = load_data(make_config(cfg.model_dump(mode="json"), {"data.val_fraction": 0.0}).data)
+    for run in finals:
+        with mlflow.tracking._tracking_service.utils._use_tracking_uri(study_uri):
+            model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
+        with torch.no_grad():
+            acc = (model(data.test_x).argmax(1) == data.test_y).float().mean().item()
+        assert acc == pytest.approx(run.data.metrics["test_acc"], abs=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -856,3 +868,29 @@ def test_crash_share_with_a_collapsed_run(lambda_report: tuple[str, Path]) -> No
     assert share in status and "12% crashed, diverged or failed" in status
     row = table_rows(text, "## All configs")["g3"]
     assert row["n"] == "2/2" and sorted(row["status"].split(", ")) == ["completed x1", "crashed x1"]
+
+
+@pytest.mark.parametrize("method", ["dml", "pcl"])
+def test_exported_network_is_the_one_whose_test_accuracy_is_reported(method: str) -> None:
+    """With peers or branches the trainer reports the one with the best validation accuracy:
+    the network ``export --final`` logs as an MLflow model is that one, not the first."""
+    from analysis.export import student
+
+    cfg = make_config(
+        {
+            "data": {"name": "synthetic"},
+            "model": {"name": "mlp"},
+            "method": {"name": method, "peers": 3},
+            "run": {"epochs": 2, "batch_size": 64, "seed": 0},
+        }
+    )
+    data = load_data(cfg.data)
+    reports = []
+    final = fit(cfg, on_epoch=reports.append, data=data).final
+    best = max(range(3), key=lambda i: reports[-1].metrics[f"peer{i}_val_acc"])
+    assert best != 0, "pick a seed where the first peer is not the best (else this proves nothing)"
+    net = student(cfg, reports[-1], data)
+    with torch.no_grad():
+        acc = (net(data.test_x).argmax(1) == data.test_y).float().mean().item()
+    assert acc == pytest.approx(final[f"peer{best}_test_acc"], abs=1e-6)
+    assert acc == pytest.approx(final["test_acc"], abs=1e-6)

@@ -121,10 +121,10 @@ def test_no_gpu_is_refused(tmp_path: Path, ray_session: str) -> None:
 
 
 class Errors(logging.Handler):
-    """Collects ERROR records of Ray's loggers (they do not reach pytest's caplog)."""
+    """Collects WARNING and ERROR records of Ray's loggers (they do not reach pytest's caplog)."""
 
     def __init__(self) -> None:
-        super().__init__(logging.ERROR)
+        super().__init__(logging.WARNING)
         self.lines: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -153,7 +153,8 @@ def test_every_space_and_preset_runs_as_smoke_test(
     finally:
         logging.getLogger("ray").removeHandler(errors)
     assert code == 0, output
-    # e.g. Tune's "Saving experiment state to storage ... failed" (its upload racing the next save)
+    # e.g. Tune's "Saving experiment state to storage ... failed" (its upload racing the next save),
+    # or the searcher's "`Study.stop` is supposed to be invoked inside an objective" (grid done)
     assert errors.lines == []
     assert "best trial" in output and "mlflow: experiment" in output
     parent, children = study_runs(client_for(store), name)

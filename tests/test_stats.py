@@ -193,6 +193,10 @@ def test_verdict_sentences() -> None:
         "inconclusive: +1 [-1, 3] crosses 0 over 4 seeds; "
         "about 16 seeds would settle it if the spread stays"
     )
+    level = verdict(
+        0.848, 0.83, 0.866, threshold=0.95, direction="less", n=3, signed=False, **points
+    )
+    assert level.sentence == "reproduced: 84.8 points [83, 86.6] < 95 over 3 seeds"
     with pytest.raises(ValueError, match="direction"):
         verdict(1.0, 0.0, 2.0, threshold=0.0, direction="up", n=2)  # type: ignore[arg-type]
 

@@ -14,7 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import torch
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
@@ -163,6 +165,26 @@ class RunLogger:
             tags.append(RunTag(schema.FAILURE_REASON, reason))
         self.client.log_batch(self.run_id, metrics=epoch_metrics(once, step or 0), tags=tags)
         self.client.set_terminated(self.run_id, RunStatus.to_string(schema.RUN_STATUS[status]))
+
+    def log_model(self, model: torch.nn.Module, input_example: np.ndarray) -> None:
+        """``model`` as an MLflow PyTorch model (artifact ``model``) with its input example and the
+        signature inferred from it: ``mlflow.pytorch.load_model(f"runs:/{run_id}/model")``."""
+        import mlflow.pytorch
+        from mlflow.models import infer_signature
+
+        # MLflow's fluent API is the only one that logs models; this URI only, not the process's
+        from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+        with torch.no_grad():
+            output = model(torch.from_numpy(input_example)).numpy()
+        with _use_tracking_uri(self.client.tracking_uri), mlflow.start_run(run_id=self.run_id):
+            mlflow.pytorch.log_model(
+                model,
+                name="model",
+                input_example=input_example,
+                signature=infer_signature(input_example, output),
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+            )
 
     def reopen(self) -> None:
         """Continue an ``interrupted`` run (a resumed study)."""

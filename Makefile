@@ -35,7 +35,7 @@ study: $(STAMP)  ## the quickstart study: KD alpha x temperature on MNIST-5k
 reproduce: $(STAMP)  ## every seed paper's claims at laptop scale: reproduction.md per paper (~1 h on 2 cores)
 	$(BIN)/distill-study reproduce all
 
-bench: $(STAMP)  ## every benchmark, ~12 min on 2 cores (BENCH_QUICK=1: a sanity run of a few minutes)
+bench: $(STAMP)  ## every benchmark, ~15-20 min on 2 cores (BENCH_QUICK=1: a sanity run of a few minutes)
 	$(BIN)/python -m benchmarks $(if $(filter 1,$(BENCH_QUICK)),--quick)
 
 clean:

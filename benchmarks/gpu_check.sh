@@ -20,6 +20,9 @@ nvidia-smi --query-gpu=name,memory.total,utilization.gpu --format=csv || true
 export PYTHONPATH=$PWD
 QUICK=()
 [ "${1:-}" = "--quick" ] && QUICK=(--quick --trials 8)
-timeout 420 "$PY" -m benchmarks.gpu --out "$RESULTS" ${1:+--steps 30}
-timeout 300 "$PY" -m benchmarks.gpu_study --out "$RESULTS" "${QUICK[@]}"
+status=0
+timeout 420 "$PY" -m benchmarks.gpu --out "$RESULTS" ${1:+--steps 30} || status=$?
+# needs the project installed (ray, mlflow, optuna); gpu.py needs only torch and numpy
+timeout 300 "$PY" -m benchmarks.gpu_study --out "$RESULTS" "${QUICK[@]}" || status=$?
 "$PY" -m benchmarks.report --out "$RESULTS"
+exit "$status"

@@ -81,6 +81,7 @@ class StudyTracker(tune.Callback):
         self._total = 0
         self._runs: dict[str, dict[str, str]] = {}  # trial id -> seed -> MLflow run id
         self._ended: set[str] = set()  # runs with a final status
+        self._nodes: dict[str, str] = {}  # trial id -> the Ray node that ran its latest epoch
         self._reopen: set[str] = set()  # runs closed as interrupted, reopened at their next epoch
         self._steps: dict[str, int] = {}  # run id -> last epoch logged
         self._writer: ThreadPoolExecutor | None = None  # the one thread that writes to MLflow
@@ -171,10 +172,16 @@ class StudyTracker(tune.Callback):
     def on_trial_result(
         self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
     ) -> None:
+        node = result.get("node")
+        moved = node is not None and self._nodes.get(trial.trial_id) != node
+        if moved:
+            self._nodes[trial.trial_id] = node
         for seed, got in result.get("seeds", {}).items():
             run_id = self._run(trial, int(seed))
             if run_id in self._ended:
                 continue
+            if moved:
+                self._write(self._client.set_tag, run_id, schema.NODE, node)
             logger = RunLogger(self._client, run_id)
             if "metrics" in got:
                 if run_id not in self._steps:

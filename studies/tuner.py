@@ -15,19 +15,21 @@ from studies.trial import train_trial
 
 
 class SavedStateBarrier(tune.Callback):
-    """Waits, at the start of each Tune step, until the previous upload of the experiment state
-    (trial statuses, searcher state: what ``--resume`` restores) has finished.
+    """Waits, at the end of each Tune step, until the upload of the experiment state (trial
+    statuses, searcher state: what ``--resume`` restores) that the step launched has finished.
 
     Tune writes that state into a staging folder and uploads the folder in a background thread;
     when the next write starts while an upload still runs, the upload finds a temporary file
     renamed under it and logs ``Saving experiment state ... failed ... FileNotFoundError``, and a
     file can be copied half-written. Tune saves after every reported epoch here
-    (``num_to_keep=1``), so on a busy machine that happened several times per study. The upload
-    thread belongs to the driver's storage context, which Tune copies shallowly into every trial it
-    creates (a study restored by ``--resume`` shares it with the trials created after the restore).
+    (``num_to_keep=1``), and once more after the last step, with no callback in between: waiting
+    at the end of each step (its save comes before ``on_step_end``) leaves no upload running when
+    the next save starts. The upload thread belongs to the driver's storage context, which Tune
+    copies shallowly into every trial it creates (a study restored by ``--resume`` shares it with
+    the trials created after the restore).
     """
 
-    def on_step_begin(self, iteration: int, trials: list[Any], **info: Any) -> None:
+    def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
         for syncer in {id(t.storage.syncer): t.storage.syncer for t in trials}.values():
             syncer.wait()
 

@@ -232,6 +232,14 @@ def test_trials_spread_over_nodes_and_survive_a_lost_node(
         r.data.tags["distill.trial_id"] for r in finished if r.data.tags.get("distill.retries")
     }
     assert set(moved) <= retried
+    # MLflow names the machine too: every run its trial's last node, a moved trial the survivor
+    last_node = {trial: r[-1]["node"] for trial, r in rows.items()}
+    assert all(
+        r.data.tags["distill.node"] == last_node[r.data.tags["distill.trial_id"]] for r in finished
+    )
+    assert {
+        r.data.tags["distill.node"] for r in finished if r.data.tags["distill.trial_id"] in moved
+    } == {nodes.ids["b"]}
     print(
         f"\ntrials per node (first node): {per_node}; rescheduled after the node loss: {len(moved)}; "
         f"retries queued {noticed:.1f} s after the kill, first epoch of a moved trial on the "

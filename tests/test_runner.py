@@ -161,6 +161,12 @@ def test_every_space_and_preset_runs_as_smoke_test(
     assert parent.data.tags["distill.status"] == "completed"
     assert len(children) == 2
     assert {r.data.tags["status"] for r in children} <= TERMINAL
+    # each run names the node that trained it: here the one local node of the session's Ray
+    import ray
+
+    assert {r.data.tags["distill.node"] for r in children} == {
+        ray.get_runtime_context().get_node_id()
+    }
 
 
 SEEDED_SPACE = """

@@ -522,8 +522,11 @@ def test_compiled_networks_train_like_eager_ones_and_keep_their_state_keys(tmp_p
         runs.append(fit(cfg, on_epoch=lambda r: states.append(r.state())))
     compiled, eager = runs
     for a, b in [*zip(compiled.history, eager.history, strict=True), (compiled.final, eager.final)]:
+        # compiled kernels round differently: a share of predictions may move by one example
+        one = 1.01 / min(a[k] for k in ("val_n", "test_n") if k in a)
         for key in a.keys() - {"epoch_time"}:
-            assert a[key] == pytest.approx(b[key], rel=1e-3, abs=1e-3), key
+            counted = key.endswith(("_acc", "_share"))
+            assert a[key] == pytest.approx(b[key], rel=1e-3, abs=one if counted else 1e-3), key
     assert states[0]["method"]["nets"][0].keys() == states[-1]["method"]["nets"][0].keys()
 
 

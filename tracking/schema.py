@@ -39,6 +39,9 @@ GROUP = "distill.group"  # the sampled config: its seeds share it
 ARM = "distill.arm"  # a preset's arm (the label that picked the config), when it has arms
 RANK = "distill.rank"  # final runs: the exported config's rank
 RETRIES = "distill.retries"
+NODE = (
+    "distill.node"  # the Ray node id that ran the trial's latest epoch (a moved trial: its new one)
+)
 FAILURE_REASON = "distill.failure_reason"  # why a run failed, was cancelled or abandoned
 
 #: Experiments are machine-learning experiments, so MLflow's UI opens on the runs table.

@@ -28,6 +28,7 @@ from distill_core import (
     EpochReport,
     Splits,
     UserError,
+    build_model,
     fit,
     load_config,
     load_data,
@@ -173,12 +174,19 @@ def student(cfg: Config, report: EpochReport, data: Splits) -> torch.nn.Module:
     """The network whose test numbers a run reports, at ``report``'s epoch, in eval mode: the
     student, or (peers, branches) the one with the best validation accuracy, as the trainer picks
     it (the first on a tie, e.g. without a validation split)."""
-    # The weights come from the state: no pretrained file to read, no compiled (unpicklable) module.
+    state = report.state()["method"]
+    method = METHODS.get(cfg.method.name)
+    if not method.has_peers:
+        net = build_model(cfg.model.name, data.in_channels, data.num_classes, data.image_size)
+        net.load_state_dict(state["nets"][0])
+        return net.eval()
+    # Peer methods need no teacher. The weights come from the state: no pretrained file to read,
+    # no compiled (unpicklable) module.
     cfg = make_config(cfg.model_dump(mode="json"), {"model.pretrained": None, "run.compile": False})
-    method = METHODS.get(cfg.method.name)(cfg, data, torch.device("cpu"), None)
-    method.load_state_dict(report.state()["method"])
-    models = method.eval_models()
-    best = max(models, key=lambda n: report.metrics.get(f"{n}_val_acc" if n else "val_acc", 0.0))
+    peers = method(cfg, data, torch.device("cpu"), None)
+    peers.load_state_dict(state)
+    models = peers.eval_models()
+    best = max(models, key=lambda n: report.metrics.get(f"{n}_val_acc", 0.0))
     return models[best].eval()
 
 

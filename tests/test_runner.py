@@ -234,6 +234,7 @@ def test_samplers_and_schedulers(
     assert len(children) == 3 and len({r.data.params["method.temperature"] for r in children}) == 3
 
 
+@pytest.mark.slow  # two studies
 def test_sampler_seed_picks_another_sequence_of_configs(store: Path, ray_session: str) -> None:
     sampled = {}
     for seed in (7, 8):

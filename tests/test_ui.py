@@ -111,6 +111,7 @@ def wait_for_line(
     raise AssertionError(f"no line with {needle!r} within {START_TIMEOUT_S} s: {seen}")
 
 
+@pytest.mark.slow  # a real MLflow UI server: ~12 s
 def test_ui_serves_the_study_and_stops_on_ctrl_c(one_thread: None, tmp_path: Path) -> None:
     exp, run_ids = small_study(tmp_path / "runs")
     port = 5000  # the default: when busy it moves to the next free port (a busy --port fails)

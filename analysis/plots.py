@@ -399,6 +399,13 @@ def importance_plot(study: Study, groups: pd.DataFrame, out: Path) -> Plot:
             f"Not drawn: importance needs at least 2 ranked configs with a varying parameter, "
             f"this study has {len(opt.trials)}.",
         )
+    if len({t.value for t in opt.trials}) == 1:  # fANOVA raises on zero variance
+        return Plot(
+            None,
+            title,
+            f"Not drawn: every ranked config scored the same {study.objective} "
+            f"({opt.trials[0].value:.4g}): there is no variation for a parameter to explain.",
+        )
     evaluators = {
         "fANOVA": optuna.importance.FanovaImportanceEvaluator(seed=0),
         "PED-ANOVA": optuna.importance.PedAnovaImportanceEvaluator(),

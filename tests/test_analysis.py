@@ -894,3 +894,13 @@ def test_exported_network_is_the_one_whose_test_accuracy_is_reported(method: str
         acc = (net(data.test_x).argmax(1) == data.test_y).float().mean().item()
     assert acc == pytest.approx(final[f"peer{best}_test_acc"], abs=1e-6)
     assert acc == pytest.approx(final["test_acc"], abs=1e-6)
+
+
+def test_importance_of_configs_that_all_score_the_same_is_not_drawn(tmp_path: Path) -> None:
+    """A smoke study can score every config alike; fANOVA raises there, the report says why."""
+    study = fake_study(np.array([0.01, 0.1, 0.5]), np.array([0.9, 0.9, 0.9]))
+    plot = plots.importance_plot(study, study.groups(), tmp_path)
+    assert (
+        plot.file is None and "every ranked config scored the same val_acc (0.9)" in plot.sentence
+    )
+    assert list(tmp_path.iterdir()) == []

@@ -627,10 +627,12 @@ def test_report_and_export_on_a_real_smoke_study(tmp_path: Path) -> None:
         "learning_curves.png",
         "axis_method_alpha.png",
         "isolation_method_alpha.png",
-        "importance.png",
         "pareto.png",
         "status.png",
     } <= names
+    # three smoke configs on the synthetic set may all score alike: then the report says so
+    alike = "every ranked config scored the same" in (tmp_path / "report" / "report.md").read_text()
+    assert alike != ("importance.png" in names)
     export = invoke(
         "export", "smoke", "--top-k", "1", "--out", str(tmp_path / "best"), "--tracking-uri", uri
     )

@@ -223,9 +223,11 @@ def test_trials_spread_over_nodes_and_survive_a_lost_node(
         if row["node"] == nodes.ids["b"] and row["timestamp"] >= int(killed_at)
     )
     for trial, r in moved.items():
-        # continued from its last checkpoint on S3, not from epoch 1; no epoch reported twice
+        # continued from its last checkpoint on S3, not from epoch 1: at most the epoch whose
+        # checkpoint the lost node was still uploading runs again (MLflow logs it once, below)
         epochs = [row["epoch"] for row in r]
-        assert epochs == list(range(1, EPOCHS + 1)), (trial, epochs)
+        assert sorted(set(epochs)) == list(range(1, EPOCHS + 1)), (trial, epochs)
+        assert epochs == sorted(epochs) and len(epochs) <= EPOCHS + 1, (trial, epochs)
 
     finished = assert_one_finished_run_per_trial_and_seed(client, name, trials)
     retried = {

@@ -57,38 +57,20 @@ def ray_session() -> Iterator[str]:
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """A local S3 server (moto's standalone one, a subprocess) with a bucket ``studies``; yields the
     AWS variables that point a client at it (set them in a test, or pass them to a subprocess)."""
-    import socket
-    import subprocess
-    import sys
-    import time
+    from servers import start_moto
 
     pytest.importorskip("moto.server", reason="needs moto[server] (pip install -e '.[dev]')")
     pytest.importorskip("s3fs", reason="needs s3fs (pip install -e '.[dev]')")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     log = tmp_path_factory.mktemp("moto") / "moto.log"
     with log.open("w") as out:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+        server, url = start_moto(out=out)
     env = {
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ENDPOINT_URL": url,
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1",
     }
     try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert server.poll() is None and time.time() < deadline, log.read_text()
-                time.sleep(0.2)
         import boto3
 
         boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], **_keys(env)).create_bucket(

@@ -22,6 +22,7 @@ import yaml
 from click.testing import CliRunner
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
+from servers import free_port
 
 from distill_core import TeacherStore, fit, make_config
 from studies.cli import main
@@ -402,12 +403,6 @@ def test_interrupted_study_resumes_without_duplicate_or_lost_runs(
 
 # ---------------------------------------------------------------------------------------------
 # A Ray cluster and an MLflow server, both started and stopped here.
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 90) -> None:

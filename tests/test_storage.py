@@ -9,7 +9,6 @@ import hashlib
 import http.client
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +23,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
+from servers import free_port, start_moto
 
 from distill_core import TeacherError, fit, load_data, make_config
 from distill_core.config import Config
@@ -190,33 +190,12 @@ def test_a_stale_lease_on_s3_is_taken_over(s3: str) -> None:
     assert time.time() - started < 10 and not marker.exists()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def auth_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """An S3 server that checks credentials (and knows none): every key is refused."""
     pytest.importorskip("moto.server", reason="needs moto[server] (pip install -e '.[dev]')")
-    port = free_port()
-    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 60
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            assert server.poll() is None and time.time() < deadline
-            time.sleep(0.2)
-    yield f"http://127.0.0.1:{port}"
+    server, url = start_moto({**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"})
+    yield url
     server.terminate()
     server.wait(timeout=30)
 

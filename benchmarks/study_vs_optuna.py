@@ -83,7 +83,8 @@ def distill_study(options: StudyOptions) -> tuple[float, float, dict[str, Any]]:
     MLflow runs: a child run is created when its trial's first epoch is reported, the parent run
     ends when the last trial has."""
     t0, started = time.perf_counter(), time.time()
-    result = run_study(options, say=lambda _: None)
+    said: list[tuple[float, str]] = []  # the study's own lines, when they were said
+    result = run_study(options, say=lambda line: said.append((time.perf_counter() - t0, line)))
     wall = time.perf_counter() - t0
     client = MlflowClient(result.tracking_uri)
     runs = client.search_runs([result.experiment_id], max_results=1000)
@@ -104,6 +105,7 @@ def distill_study(options: StudyOptions) -> tuple[float, float, dict[str, Any]]:
         "per_trial_overhead_s": (slots * (last - first) - busy) / len(trials),
         "slots": slots,
         "teachers_trained": len(result.teachers_trained),
+        "said_s": {line.split(":")[0][:60]: round(at, 2) for at, line in said},
     }
     return wall, result.best[0]["metrics"]["val_acc"], timings
 
@@ -139,6 +141,7 @@ def measure(*, quick: bool, threads: int, trials: int | None, work: Path) -> lis
             target=TARGET,
             study_epochs=timings["epochs"],
             plain_epochs=plain_epochs,
+            study_said_s=timings["said_s"],
         ),
         common.compare(
             f"best val accuracy, {case}",

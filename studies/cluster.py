@@ -16,6 +16,10 @@ import torch
 from distill_core import UserError
 from studies.options import StudyOptions
 
+#: How often, at most, Tune saves a study's state (what ``--resume`` restores), in seconds: a driver
+#: killed outright loses at most this much training per trial (see tuner.SavedState).
+STATE_PERIOD_S = 2
+
 #: Loggers that would otherwise print a line per epoch or per database migration.
 QUIET_LOGGERS = ("mlflow", "alembic", "ray.train", "ray.tune")
 
@@ -122,7 +126,9 @@ def study_process(o: StudyOptions) -> Iterator[None]:
     slots = max(1, int(ray.cluster_resources().get("CPU", 1) // o.cpus_per_trial))
     tune_env = {
         "RAY_AIR_NEW_OUTPUT": "0",  # with verbose=0: no status tables, our own lines
-        "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+        "TUNE_GLOBAL_CHECKPOINT_S": str(STATE_PERIOD_S),
+        # a trial's checkpoints in that state: paths only (its metrics are in each result)
+        "TUNE_ONLY_STORE_CHECKPOINT_SCORE_ATTRIBUTE": "1",
         # no CSV and TensorBoard files per trial (tuner.new keeps result.json): less per report
         "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
         # With a searcher Tune starts one trial at a time; allow as many pending as can run.

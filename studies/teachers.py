@@ -1,4 +1,5 @@
-"""The teachers a study needs, trained once each, in parallel Ray tasks, before any trial starts.
+"""The teachers a study needs, trained once each, in parallel Ray tasks (sharing the cluster's CPUs),
+before any trial starts.
 
 Every distinct teacher (stage 0) and teacher assistant (stage 1, distilled from a stage-0 teacher)
 that the space's grid points and baselines ask for goes into the teacher store; trials only load
@@ -63,8 +64,19 @@ def train_missing(
             continue
         kind = "teacher assistant" if i > 0 else "teacher"
         say(f"training {len(todo)} {kind}(s) once, before the trials: {', '.join(todo)}")
-        task = _train.options(num_cpus=resources["cpu"], num_gpus=resources["gpu"])
+        cpus = _cpus_each(len(todo), resources)
+        task = _train.options(num_cpus=cpus, num_gpus=resources["gpu"])
         trained += ray.get(
-            [task.remote(str(store.root), s, e, data, plan.threads) for s, e in todo.values()]
+            [task.remote(str(store.root), s, e, data, max(1, int(cpus))) for s, e in todo.values()]
         )
     return trained
+
+
+def _cpus_each(tasks: int, resources: dict[str, float]) -> float:
+    """CPUs (and torch threads) per teacher task: no trial runs yet, so fewer teachers than the
+    cluster has CPUs share them all (each within one node); on GPUs, a trial's share."""
+    if resources["gpu"] > 0:
+        return resources["cpu"]
+    nodes = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]]
+    share = min(max(nodes, default=1), sum(nodes) // tasks)
+    return max(resources["cpu"], share)

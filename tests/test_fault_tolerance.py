@@ -16,6 +16,7 @@ import pickle
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -456,3 +457,48 @@ def test_thirty_trials_leak_no_files_or_processes(
         f"open files {files} -> {files + grown[0]}, processes {processes} -> {processes + grown[1]}"
     )
     assert grown[0] <= 3 and grown[1] <= 1, grown
+
+
+def test_saved_state_waits_for_its_upload_and_then_deletes_older_checkpoints(
+    ray_session: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SavedState waits on the upload thread of Tune's controller (not a trial's copy): after
+    every step none is running, so the next save never writes under an upload. Checkpoints are
+    deleted only once an uploaded state refers to a newer one: each trial keeps its last."""
+    from ray import tune
+    from ray.tune.search.optuna import OptunaSearch
+
+    from studies.tuner import SavedState
+
+    def reports_with_checkpoints(config: dict[str, float]) -> None:
+        for epoch in range(6):
+            with tempfile.TemporaryDirectory() as folder:
+                Path(folder, "state.txt").write_text(str(epoch))
+                checkpoint = tune.Checkpoint.from_directory(folder)
+                tune.report({"x": config["x"] * epoch}, checkpoint=checkpoint)
+
+    monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "0")  # a save at every step
+    saved = SavedState()
+    running: list[bool] = []
+
+    class Probe(tune.Callback):
+        def on_step_end(self, iteration: int, trials: list, **info: object) -> None:
+            running.append(saved._syncer._sync_process is not None)
+
+    grid = tune.Tuner(
+        reports_with_checkpoints,
+        param_space={"x": tune.uniform(0, 1)},
+        tune_config=tune.TuneConfig(
+            search_alg=OptunaSearch(metric="x", mode="max", seed=0), num_samples=3
+        ),
+        run_config=tune.RunConfig(
+            name="study", storage_path=str(tmp_path), callbacks=[saved, Probe()], verbose=0
+        ),
+    ).fit()
+    assert saved._syncer._current_cmd is not None  # the experiment state went through it
+    assert running and not any(running)
+    assert len(grid) == 3 and not grid.errors
+    for result in grid:
+        kept = sorted(p.name for p in Path(result.path).glob("checkpoint_*"))
+        assert kept[-1] == "checkpoint_000005" == Path(result.checkpoint.path).name
+        assert len(kept) <= 2, kept  # the last, and one whose newer state was not yet uploaded

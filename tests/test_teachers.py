@@ -446,3 +446,13 @@ def test_a_shortened_teacher_is_its_own_entry_trained_to_completion(tmp_path: Pa
     meta = TeacherStore(tmp_path).entries()[0]
     assert meta["config"]["run"]["epochs"] == 1 and list(meta["epochs"]) == ["1"]
     assert final["teacher_val_acc"] == pytest.approx(meta["final"]["val_acc"], abs=1e-7)
+
+
+@pytest.mark.parametrize(("tasks", "gpu", "cpus"), [(1, 0, 2), (2, 0, 1), (3, 0, 1), (1, 0.5, 1)])
+def test_teacher_tasks_share_the_idle_cpus(
+    ray_session: str, tasks: int, gpu: float, cpus: float
+) -> None:
+    """Before any trial runs, fewer teachers than CPUs get them all (the session Ray has 2)."""
+    from studies.teachers import _cpus_each
+
+    assert _cpus_each(tasks, {"cpu": 1, "gpu": gpu}) == cpus

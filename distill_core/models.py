@@ -19,7 +19,6 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torchvision
 
 from distill_core.errors import ConfigError
 from distill_core.registry import Registry
@@ -34,7 +33,7 @@ class ModelSpec:
     name: str
     build: Builder
     head: Callable[[nn.Module], nn.Module]  # the classifier of a built network
-    weights: torchvision.models.WeightsEnum | None  # torchvision's ImageNet weights, if any
+    weights: str | None  # torchvision's ImageNet weights, if any (``torchvision.models.get_weight``)
 
 
 MODELS: Registry[ModelSpec] = Registry("model", "model.name")
@@ -44,7 +43,7 @@ def register_model(
     name: str,
     *,
     head: Callable[[nn.Module], nn.Module],
-    weights: torchvision.models.WeightsEnum | None = None,
+    weights: str | None = None,
 ) -> Callable[[Builder], Builder]:
     """Register the decorated builder as architecture ``name`` (``model.name``)."""
 
@@ -84,7 +83,10 @@ def pretrained_file(model: str, source: str, key: str) -> Path:
             f"{key}=torchvision: {model} has no torchvision weights (only {', '.join(offered)}); "
             f"set {key} to a state-dict file"
         )
-    path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+    import torchvision  # not at import time: it pulls in torch._dynamo (a second per process)
+
+    url = torchvision.models.get_weight(weights).url
+    path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
     if not path.is_file():
         raise ConfigError(
             f"{key}=torchvision: {path} is missing and is never downloaded; on a machine with "
@@ -213,25 +215,25 @@ def cnn_small(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
     )
 
 
-def _small_image_resnet(net: torchvision.models.ResNet, in_channels: int) -> nn.Module:
-    """torchvision ResNet with a 3x3 stride-1 first conv and no max-pool, for 8-32 px images."""
+def _small_image_resnet(name: str, num_classes: int, in_channels: int) -> nn.Module:
+    """torchvision's ResNet ``name`` with a 3x3 stride-1 first conv and no max-pool, for 8-32 px
+    images (torchvision imported here, when such a model is built: it costs a second)."""
+    import torchvision
+
+    net = getattr(torchvision.models, name)(num_classes=num_classes)
     net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
     net.maxpool = nn.Identity()
     return net
 
 
-@register_model(
-    "resnet18", head=lambda net: net.fc, weights=torchvision.models.ResNet18_Weights.DEFAULT
-)
+@register_model("resnet18", head=lambda net: net.fc, weights="ResNet18_Weights.DEFAULT")
 def resnet18(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
-    return _small_image_resnet(torchvision.models.resnet18(num_classes=num_classes), in_channels)
+    return _small_image_resnet("resnet18", num_classes, in_channels)
 
 
-@register_model(
-    "resnet50", head=lambda net: net.fc, weights=torchvision.models.ResNet50_Weights.DEFAULT
-)
+@register_model("resnet50", head=lambda net: net.fc, weights="ResNet50_Weights.DEFAULT")
 def resnet50(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
-    return _small_image_resnet(torchvision.models.resnet50(num_classes=num_classes), in_channels)
+    return _small_image_resnet("resnet50", num_classes, in_channels)
 
 
 class _BasicBlock(nn.Module):

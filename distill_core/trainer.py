@@ -38,9 +38,12 @@ from distill_core.metrics import (
 from distill_core.models import predict, speed_up
 from distill_core.rng import RunRNG
 from distill_core.schedules import build_optimizer, build_schedule
+from distill_core.teacher_logits import fingerprint
 from distill_core.teachers import TeacherStore, uses_teacher
 
 FIDELITY_ROWS = 1024  # training images on which fidelity to the teacher is measured
+#: Teacher logits on fixed rows, by teacher weights, rows and device (see ``fixed_logits``).
+_FIXED_LOGITS: dict[tuple[str, str], torch.Tensor] = {}
 
 
 @dataclass
@@ -154,7 +157,7 @@ def fit_epochs(
     teacher_logits = {}
     if teacher is not None:
         teacher_logits = {
-            split: predict(teacher, x, cfg.run.eval_batch_size)
+            split: fixed_logits(teacher, x, cfg.run.eval_batch_size)
             for split, x in (("train", fidelity_x), ("val", data.val_x), ("test", data.test_x))
         }
 
@@ -261,6 +264,17 @@ def fit_epochs(
         yield EpochReport(
             epoch + 1, metrics, lambda e=epoch + 1: state(e), finish() if last else None
         )
+
+
+def fixed_logits(teacher: torch.nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """The frozen teacher's logits on ``x`` (fidelity rows, val, test), computed once per process:
+    a study's trial process trains one trial after another from the same teacher."""
+    key = (fingerprint(x, teacher), str(x.device))
+    if key not in _FIXED_LOGITS:
+        if len(_FIXED_LOGITS) >= 16:  # a few teachers' worth; the oldest goes
+            del _FIXED_LOGITS[next(iter(_FIXED_LOGITS))]
+        _FIXED_LOGITS[key] = predict(teacher, x, batch_size)
+    return _FIXED_LOGITS[key]
 
 
 def evaluate(

@@ -5,7 +5,8 @@
 1. ``prepare``: resolve the options against the space (``options``), build and check the config of
    every grid point (``plan``), find the study to resume or a free name (``layout``): bad input
    fails with one ``UserError`` before anything is created;
-2. load the data set once and put it in Ray's object store (``cluster``, ``trial.SharedData``);
+2. load the data set once, while Ray starts, and put it in Ray's object store (``cluster``,
+   ``trial.SharedData``);
 3. train every teacher the space can ask for, once, in parallel Ray tasks (``teachers``);
 4. ``Tuner.fit`` (``tuner``): each trial runs its seeds in lock-step (``trial``); the driver-side
    ``StudyTracker`` (``tracker``) is the only writer of MLflow;
@@ -15,6 +16,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -65,8 +67,11 @@ def run_study(options: StudyOptions, say: Callable[[str], None] = print) -> Stud
     o = study.options
     if options.resume and _ignored(options):
         say("note: --resume ignores the other options given (the study keeps its own)")
-    data = SharedData.load(study.plan.config({}, study.plan.seeds[0]).data)
+    loader = ThreadPoolExecutor(1)  # the data set loads while Ray starts
+    loading = loader.submit(SharedData.load, study.plan.config({}, study.plan.seeds[0]).data)
+    loader.shutdown(wait=False)
     with cluster.connected(o):
+        data = loading.result()
         cluster.check_resources(o)
         with cluster.study_process(o):
             experiment_id, parent_run_id = _start_tracking(study, client, say)

@@ -9,6 +9,7 @@ file lock).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -66,9 +67,11 @@ def train_missing(
         say(f"training {len(todo)} {kind}(s) once, before the trials: {', '.join(todo)}")
         cpus = _cpus_each(len(todo), resources)
         task = _train.options(num_cpus=cpus, num_gpus=resources["gpu"])
+        started = time.perf_counter()
         trained += ray.get(
             [task.remote(str(store.root), s, e, data, max(1, int(cpus))) for s, e in todo.values()]
         )
+        say(f"trained {len(todo)} {kind}(s) in {time.perf_counter() - started:.1f} s")
     return trained
 
 

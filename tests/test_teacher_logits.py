@@ -200,3 +200,32 @@ def test_augmented_data_runs_the_teacher_on_every_batch(
     assert [size for size, _ in seen] == sizes
     assert not any(training for _, training in seen)
     assert not logit_files(tmp_path, cfg)
+
+
+def test_fixed_rows_teacher_logits_are_computed_once_per_process(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fidelity rows, val and test: a reused trial process gets them from memory, the same run."""
+    import distill_core.trainer as trainer
+
+    rows: list[int] = []
+    real = trainer.predict
+
+    def counting(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+        rows.append(len(x))
+        return real(model, x, batch_size)
+
+    monkeypatch.setattr(trainer, "predict", counting)
+    monkeypatch.setattr(trainer, "_FIXED_LOGITS", {})
+    cfg = config(store, **{"run.epochs": 1})
+    first = fit(cfg)
+    data = load_data(cfg.data)
+    fixed = sorted([min(1024, len(data.train_y)), len(data.val_y), len(data.test_y)])
+    assert len(trainer._FIXED_LOGITS) == 3
+    once, rows[:] = list(rows), []  # the teacher's and the student's predictions
+    again = fit(cfg.model_copy(update={"run": cfg.run.model_copy(update={"seed": 1})}))
+    for n in fixed:  # the teacher's on the fixed rows are not computed again
+        once.remove(n)
+    assert sorted(rows) == sorted(once) and len(trainer._FIXED_LOGITS) == 3
+    assert again.final != first.final  # another student
+    close_histories(first, fit(cfg), tol=0)  # and the same run as with computed logits

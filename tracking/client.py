@@ -164,7 +164,7 @@ class RunLogger:
         if reason:
             tags.append(RunTag(schema.FAILURE_REASON, reason))
         self.client.log_batch(self.run_id, metrics=epoch_metrics(once, step or 0), tags=tags)
-        self.client.set_terminated(self.run_id, RunStatus.to_string(schema.RUN_STATUS[status]))
+        self.client.set_terminated(self.run_id, schema.RUN_STATUS[status])
 
     def log_model(self, model: torch.nn.Module, input_example: np.ndarray) -> None:
         """``model`` as an MLflow PyTorch model (artifact ``model``) with its input example and the
@@ -215,7 +215,7 @@ def set_study_status(client: MlflowClient, run_id: str, status: StudyStatus) -> 
     """``running`` (re)opens the parent run; ``completed`` and ``interrupted`` end it."""
     status = StudyStatus(status)
     client.set_tag(run_id, schema.STUDY_STATUS, status)
-    mlflow_status = RunStatus.to_string(schema.STUDY_RUN_STATUS[status])
+    mlflow_status = schema.STUDY_RUN_STATUS[status]
     if status == StudyStatus.RUNNING:
         client.update_run(run_id, status=mlflow_status)
     else:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from mlflow.entities import RunStatus
-
 # Tags of a study's experiment and parent run.
 SPACE = "distill.space"
 OBJECTIVE = "distill.objective"
@@ -84,21 +82,22 @@ FINISHED = frozenset({Status.COMPLETED, Status.CRASHED})
 #: Runs whose config is not worth recommending, whatever its other seeds did.
 BROKEN = frozenset({Status.DIVERGED, Status.FAILED})
 
-#: MLflow's run status for each final status (``interrupted`` runs continue on resume).
+#: MLflow's run status (``mlflow.entities.RunStatus`` names; this module imports no MLflow, so
+#: that trial processes need not) for each final status (``interrupted`` runs continue on resume).
 RUN_STATUS = {
-    Status.COMPLETED: RunStatus.FINISHED,
-    Status.CRASHED: RunStatus.FINISHED,
-    Status.EARLY_STOPPED: RunStatus.FINISHED,
-    Status.CANCELLED: RunStatus.FINISHED,
-    Status.DIVERGED: RunStatus.FAILED,
-    Status.FAILED: RunStatus.FAILED,
-    Status.INTERRUPTED: RunStatus.KILLED,
-    Status.ABANDONED: RunStatus.FAILED,
+    Status.COMPLETED: "FINISHED",
+    Status.CRASHED: "FINISHED",
+    Status.EARLY_STOPPED: "FINISHED",
+    Status.CANCELLED: "FINISHED",
+    Status.DIVERGED: "FAILED",
+    Status.FAILED: "FAILED",
+    Status.INTERRUPTED: "KILLED",
+    Status.ABANDONED: "FAILED",
 }
 STUDY_RUN_STATUS = {
-    StudyStatus.RUNNING: RunStatus.RUNNING,
-    StudyStatus.COMPLETED: RunStatus.FINISHED,
-    StudyStatus.INTERRUPTED: RunStatus.KILLED,
+    StudyStatus.RUNNING: "RUNNING",
+    StudyStatus.COMPLETED: "FINISHED",
+    StudyStatus.INTERRUPTED: "KILLED",
 }
 
 

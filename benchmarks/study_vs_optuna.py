@@ -108,7 +108,9 @@ def distill_study(options: StudyOptions) -> tuple[float, float, dict[str, Any]]:
         "said_s": {line.split(":")[0][:60]: round(at, 2) for at, line in said},
         # teacher training is work both sides do (the plain loop trains the same teacher)
         "teacher_s": sum(
-            float(line.split(" in ")[1].split()[0]) for _, line in said if line.startswith("trained ")
+            float(line.split(" in ")[1].split()[0])
+            for _, line in said
+            if line.startswith("trained ")
         ),
     }
     return wall, result.best[0]["metrics"]["val_acc"], timings

@@ -33,7 +33,7 @@ class ModelSpec:
     name: str
     build: Builder
     head: Callable[[nn.Module], nn.Module]  # the classifier of a built network
-    weights: str | None  # torchvision's ImageNet weights, if any (``torchvision.models.get_weight``)
+    weights: str | None  # torchvision's ImageNet weights, if any (a get_weight name)
 
 
 MODELS: Registry[ModelSpec] = Registry("model", "model.name")

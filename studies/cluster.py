@@ -8,13 +8,17 @@ import logging
 import os
 import socket
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import ray
 import torch
 
 from distill_core import UserError
 from studies.options import StudyOptions
+
+T = TypeVar("T")
 
 #: How often, at most, Tune saves a study's state (what ``--resume`` restores), in seconds: a driver
 #: killed outright loses at most this much training per trial (see tuner.SavedState).
@@ -39,9 +43,19 @@ def check_address(address: str) -> None:
 
 
 @contextlib.contextmanager
-def connected(o: StudyOptions) -> Iterator[None]:
+def connected(o: StudyOptions, meanwhile: Callable[[], T] | None = None) -> Iterator[T | None]:
     """Ray for the study: ``--address``'s cluster, a Ray already started in this process (tests,
-    notebooks), or a new local one, which is shut down at the end."""
+    notebooks), or a new local one, which is shut down at the end. Yields what ``meanwhile``
+    returns: it runs in a thread while Ray starts (a data set loading, say)."""
+    pool = ThreadPoolExecutor(1)
+    pending = pool.submit(meanwhile) if meanwhile is not None else None
+    pool.shutdown(wait=False)
+    with _ray(o):
+        yield pending.result() if pending is not None else None
+
+
+@contextlib.contextmanager
+def _ray(o: StudyOptions) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return

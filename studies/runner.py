@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -67,11 +66,8 @@ def run_study(options: StudyOptions, say: Callable[[str], None] = print) -> Stud
     o = study.options
     if options.resume and _ignored(options):
         say("note: --resume ignores the other options given (the study keeps its own)")
-    loader = ThreadPoolExecutor(1)  # the data set loads while Ray starts
-    loading = loader.submit(SharedData.load, study.plan.config({}, study.plan.seeds[0]).data)
-    loader.shutdown(wait=False)
-    with cluster.connected(o):
-        data = loading.result()
+    cfg = study.plan.config({}, study.plan.seeds[0])
+    with cluster.connected(o, meanwhile=lambda: SharedData.load(cfg.data)) as data:
         cluster.check_resources(o)
         with cluster.study_process(o):
             experiment_id, parent_run_id = _start_tracking(study, client, say)

@@ -48,18 +48,23 @@ def store(trained_store: Path, tmp_path: Path) -> Path:
     return tmp_path / "store"
 
 
-@pytest.fixture
-def predictions(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Rows the cache computed teacher logits for, per computation."""
+def counted_predictions(monkeypatch: pytest.MonkeyPatch, module: Any) -> list[int]:
+    """Rows of every ``predict`` call made through ``module``, per call."""
     rows: list[int] = []
-    real = teacher_logits.predict
+    real = module.predict
 
     def counting(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
         rows.append(len(x))
         return real(model, x, batch_size)
 
-    monkeypatch.setattr(teacher_logits, "predict", counting)
+    monkeypatch.setattr(module, "predict", counting)
     return rows
+
+
+@pytest.fixture
+def predictions(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Rows the cache computed teacher logits for, per computation."""
+    return counted_predictions(monkeypatch, teacher_logits)
 
 
 def logit_files(store: Path, cfg: Config) -> list[Path]:
@@ -208,14 +213,7 @@ def test_fixed_rows_teacher_logits_are_computed_once_per_process(
     """Fidelity rows, val and test: a reused trial process gets them from memory, the same run."""
     import distill_core.trainer as trainer
 
-    rows: list[int] = []
-    real = trainer.predict
-
-    def counting(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-        rows.append(len(x))
-        return real(model, x, batch_size)
-
-    monkeypatch.setattr(trainer, "predict", counting)
+    rows = counted_predictions(monkeypatch, trainer)
     monkeypatch.setattr(trainer, "_FIXED_LOGITS", {})
     cfg = config(store, **{"run.epochs": 1})
     first = fit(cfg)

@@ -98,9 +98,14 @@ def _shut_down_at_exit() -> Iterator[None]:
         ray.shutdown()
 
 
+def node_resources() -> list[dict[str, float]]:
+    """The resources (``CPU``, ``GPU``, custom ones) of each live node of the connected Ray."""
+    return [n["Resources"] for n in ray.nodes() if n["Alive"]]
+
+
 def check_resources(o: StudyOptions) -> None:
     """Refuse per-trial resources that no node of the cluster has."""
-    nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+    nodes = node_resources()
     cpus = max((n.get("CPU", 0) for n in nodes), default=0)
     gpus = max((n.get("GPU", 0) for n in nodes), default=0)
     if o.gpus_per_trial > 0 and gpus == 0:

@@ -18,6 +18,7 @@ import torch
 
 from distill_core import Config, TeacherStore, fit_epochs, required_teachers
 from distill_core.teachers import store_key
+from studies import cluster
 from studies.plan import Plan
 from studies.spaces import SearchSpace
 from studies.trial import SharedData
@@ -80,6 +81,6 @@ def _cpus_each(tasks: int, resources: dict[str, float]) -> float:
     cluster has CPUs share them all (each within one node); on GPUs, a trial's share."""
     if resources["gpu"] > 0:
         return resources["cpu"]
-    nodes = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]]
+    nodes = [n.get("CPU", 0) for n in cluster.node_resources()]
     share = min(max(nodes, default=1), sum(nodes) // tasks)
     return max(resources["cpu"], share)

@@ -121,6 +121,21 @@ def driver(args: list[str], cwd: Path, log: Path) -> subprocess.Popen[bytes]:
     )
 
 
+def start_study(
+    nodes: Nodes, s3: str, tmp_path: Path, name: str, trials: int
+) -> tuple[subprocess.Popen[bytes], MlflowClient, Path]:
+    """``KD_SPACE`` as study ``name`` on the cluster, kept on S3: its driver, MLflow client, log."""
+    module = tmp_path / "kd_digits.py"
+    module.write_text(KD_SPACE)
+    mlruns = str(tmp_path / "mlruns")
+    args = [str(module), "--trials", str(trials), "--seeds", str(SEEDS), "--sampler", "random",
+            "--scheduler", "none", "--name", name, "--address", nodes.address,
+            "--storage", s3, "--tracking-uri", mlruns]  # fmt: skip
+    log = tmp_path / "driver.log"
+    proc = driver(args, tmp_path / "driver", log)
+    return proc, MlflowClient(tracking.resolve_tracking_uri(mlruns)), log
+
+
 def all_runs(client: MlflowClient, name: str) -> list[Run]:
     exp = client.get_experiment_by_name(name)
     if exp is None:
@@ -177,16 +192,8 @@ def assert_one_finished_run_per_trial_and_seed(
 def test_trials_spread_over_nodes_and_survive_a_lost_node(
     nodes: Nodes, s3: str, tmp_path: Path
 ) -> None:
-    module = tmp_path / "kd_digits.py"
-    module.write_text(KD_SPACE)
-    mlruns = str(tmp_path / "mlruns")
     name, trials = "spread", 8
-    args = [str(module), "--trials", str(trials), "--seeds", str(SEEDS), "--sampler", "random",
-            "--scheduler", "none", "--name", name, "--address", nodes.address,
-            "--storage", s3, "--tracking-uri", mlruns]  # fmt: skip
-    log = tmp_path / "driver.log"
-    proc = driver(args, tmp_path / "driver", log)
-    client = MlflowClient(tracking.resolve_tracking_uri(mlruns))
+    proc, client, log = start_study(nodes, s3, tmp_path, name, trials)
     try:
         deadline = time.time() + 400
         # four trials fill the two workers' four CPUs: wait until three have trained 2 epochs
@@ -256,16 +263,8 @@ def test_killed_driver_of_a_cluster_study_resumes_from_s3(
 ) -> None:
     while len(nodes.live) < 2:  # the first test lost a worker: two again
         nodes.add(f"w{len(nodes.ids)}")
-    module = tmp_path / "kd_digits.py"
-    module.write_text(KD_SPACE)
-    mlruns = str(tmp_path / "mlruns")
     name, trials = "killed", 6
-    args = [str(module), "--trials", str(trials), "--seeds", str(SEEDS), "--sampler", "random",
-            "--scheduler", "none", "--name", name, "--address", nodes.address,
-            "--storage", s3, "--tracking-uri", mlruns]  # fmt: skip
-    log = tmp_path / "driver.log"
-    proc = driver(args, tmp_path / "driver", log)
-    client = MlflowClient(tracking.resolve_tracking_uri(mlruns))
+    proc, client, log = start_study(nodes, s3, tmp_path, name, trials)
     try:
         deadline = time.time() + 400
         while True:  # some trials finished, some training
@@ -283,7 +282,9 @@ def test_killed_driver_of_a_cluster_study_resumes_from_s3(
     before = counts(trial_runs(client, name))
     resume = ["--resume", "--name", name, "--address", nodes.address, "--storage", s3]
     started = time.time()
-    again = driver([str(module), *resume], tmp_path / "driver", tmp_path / "resume.log")
+    again = driver(
+        [str(tmp_path / "kd_digits.py"), *resume], tmp_path / "driver", tmp_path / "resume.log"
+    )
     assert again.wait(timeout=500) == 0, (tmp_path / "resume.log").read_text()
     resumed_in = time.time() - started
     assert f"resuming study {name} from {s3}/{name}" in (tmp_path / "resume.log").read_text()

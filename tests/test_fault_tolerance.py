@@ -356,18 +356,25 @@ def test_killed_driver_resumes_without_lost_duplicate_running_or_resampled_runs(
     folder = tmp_path / "studies" / name
     try:
         deadline = time.time() + 240
+        client = None  # opened once a trial reported: the driver has created the store by then
         while time.time() < deadline and driver.poll() is None:
-            rows = [r for r in results(folder).values() if r]
-            done = sum(bool(r[-1].get("finished")) for r in rows)
-            if done >= 2 and len(rows) > done:  # some trials finished, some are training
-                break
             time.sleep(0.1)
+            if client is None:
+                if any(results(folder).values()):
+                    client = client_of(mlruns)
+                continue
+            # MLflow, not result.json: that reaches the study folder with Tune's state (every 2 s)
+            runs = role(all_runs(client, name), "trial")
+            done = sum(r.data.tags.get("status") == "completed" for r in runs)
+            if done >= 2 and any(
+                "train_loss" in r.data.metrics for r in runs if r.info.status == "RUNNING"
+            ):
+                break  # some trials finished, some are training
         else:
             pytest.fail(f"the study did not get going (exit code {driver.poll()})")
         driver.send_signal(signal.SIGKILL)
         driver.wait()
         killed_at = time.time()
-        client = client_of(mlruns)
         before = {r.info.run_id: r for r in role(all_runs(client, name), "trial")}
         finished = {i for i, r in before.items() if r.data.tags["status"] == "completed"}
         assert len(finished) >= 2 and len(before) > len(finished)
